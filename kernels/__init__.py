@@ -1,0 +1,2 @@
+"""Triton kernels of pha (installed as pha.kernels). Each op: one file with its kernels,
+launchers <op>_forward / <op>_backward, tested on CPU under TRITON_INTERPRET=1."""

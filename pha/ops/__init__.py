@@ -1,0 +1,7 @@
+"""Public functional ops. Every op has an eager ground truth in pha.ops.reference."""
+
+from ._backend import backends
+from .contrastive import prototype_loss, supcon_loss
+from .hyper_adapter import hyper_adapter
+
+__all__ = ["backends", "hyper_adapter", "prototype_loss", "supcon_loss"]

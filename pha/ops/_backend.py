@@ -1,0 +1,126 @@
+"""Which backends exist on this machine, and which one a call runs on.
+
+Order of choice: the `backend=` argument, then the PHA_BACKEND environment variable,
+then the fastest available backend for the tensors' device. A backend named explicitly
+but unavailable raises (never a silent fallback)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("reference", "cpp", "triton", "cuda")
+# Fastest first, per device type.
+_PREFERENCE = {"cpu": ("cpp", "reference"), "cuda": ("triton", "cuda", "reference")}
+
+_unavailable_reason: dict[str, str] = {}
+
+
+@functools.cache
+def _load_cpp() -> ModuleType | None:
+    try:
+        return importlib.import_module("pha._C")
+    except ImportError as err:  # the package still works on the reference backend
+        _unavailable_reason["cpp"] = (
+            f"the C++ extension pha._C is not built ({err}); "
+            "run `pip install --no-build-isolation -e .` after installing torch"
+        )
+        warnings.warn(
+            f"pha: {_unavailable_reason['cpp']}; using the reference backend", stacklevel=3
+        )
+        return None
+
+
+@functools.cache
+def _triton_usable() -> bool:
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        _unavailable_reason["triton"] = "triton is not installed (pip install 'pha[triton]')"
+        return False
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        _unavailable_reason["triton"] = (
+            "no GPU (set TRITON_INTERPRET=1 to run it in the interpreter)"
+        )
+        return False
+    return True
+
+
+@functools.cache
+def _load_cuda() -> ModuleType | None:
+    if not torch.cuda.is_available():
+        _unavailable_reason["cuda"] = "no CUDA device"
+        return None
+    try:
+        return importlib.import_module("pha._C_cuda")
+    except ImportError as err:
+        _unavailable_reason["cuda"] = f"the CUDA extension pha._C_cuda is not built ({err})"
+        return None
+
+
+def backends() -> dict[str, bool]:
+    """{"reference": True, "cpp": ..., "triton": ..., "cuda": ...} for this machine."""
+    return {
+        "reference": True,
+        "cpp": _load_cpp() is not None,
+        "triton": _triton_usable(),
+        "cuda": _load_cuda() is not None,
+    }
+
+
+def unavailable_reason(name: str) -> str:
+    backends()
+    return _unavailable_reason.get(name, "")
+
+
+def _runs_on(name: str, device: torch.device) -> bool:
+    if name == "reference":
+        return True
+    if name == "cpp":
+        return device.type == "cpu"
+    if name == "cuda":
+        return device.type == "cuda"
+    if name == "triton":  # the interpreter runs on CPU tensors
+        return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return False
+
+
+def implements(name: str, op: str) -> bool:
+    """Whether backend `name` has launchers for `op` (`<op>_forward` / `<op>_backward`)."""
+    return name == "reference" or hasattr(module(name), f"{op}_forward")
+
+
+def resolve(backend: str | None, device: torch.device, op: str) -> str:
+    """The backend a call of `op` on `device` runs on."""
+    asked = backend if backend is not None else os.environ.get("PHA_BACKEND") or None
+    available = backends()
+    if asked is not None:
+        if asked not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {asked!r}")
+        if not available[asked]:
+            raise RuntimeError(f"backend {asked!r} is not available: {unavailable_reason(asked)}")
+        if not _runs_on(asked, device):
+            raise ValueError(f"backend {asked!r} cannot run on {device.type} tensors")
+        if not implements(asked, op):
+            raise NotImplementedError(f"backend {asked!r} does not implement {op}")
+        return asked
+    for name in _PREFERENCE.get(device.type, ("reference",)):
+        if available[name] and implements(name, op):
+            return name
+    return "reference"
+
+
+def module(name: str) -> ModuleType:
+    """The Python module that holds a backend's launchers."""
+    if name == "cpp":
+        return importlib.import_module("pha.ops._cpp")
+    if name == "triton":
+        return importlib.import_module("pha.kernels")
+    if name == "cuda":
+        return importlib.import_module("pha.ops._cuda")
+    raise ValueError(f"backend {name!r} has no launcher module")

@@ -1,0 +1,153 @@
+"""pha.ops.hyper_adapter: an adapter whose weights differ per instance or per task.
+
+The non-reference backends run behind two torch.library custom ops, so autograd,
+torch.compile(fullgraph=True) and opcheck all see one opaque, well-described op:
+  pha::hyper_adapter_fwd -> (out, hidden)   hidden = the fp32 pre-activation [B, T, r],
+                                             kept for backward (small: r << d)
+  pha::hyper_adapter_bwd -> (dx, dw_down, db_down, dw_up, db_up)
+Each backend module provides hyper_adapter_forward / hyper_adapter_backward with these
+signatures (see pha.ops._cpp, pha.kernels, pha.ops._cuda).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _checks, reference
+from .reference import ACTIVATIONS
+
+_OP = "hyper_adapter"
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+@torch.library.custom_op("pha::hyper_adapter_fwd", mutates_args=())
+def _forward(
+    x: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    index: torch.Tensor | None,
+    activation: str,
+    backend: str,
+    save_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    launch = _backend.module(backend).hyper_adapter_forward
+    return launch(x, w_down, b_down, w_up, b_up, index, activation, save_hidden)
+
+
+@_forward.register_fake
+def _(x, w_down, b_down, w_up, b_up, index, activation, backend, save_hidden):
+    n, t, _ = x.shape
+    hidden_shape = (n, t, w_down.shape[2]) if save_hidden else (0,)
+    return torch.empty_like(x), x.new_empty(hidden_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("pha::hyper_adapter_bwd", mutates_args=())
+def _backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    w_down: torch.Tensor,
+    w_up: torch.Tensor,
+    hidden: torch.Tensor,
+    index: torch.Tensor | None,
+    activation: str,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    launch = _backend.module(backend).hyper_adapter_backward
+    return launch(grad_out, x, w_down, w_up, hidden, index, activation)
+
+
+@_backward.register_fake
+def _(grad_out, x, w_down, w_up, hidden, index, activation, backend):
+    g, d, r = w_down.shape
+    return (
+        torch.empty_like(x),
+        torch.empty_like(w_down),
+        w_down.new_empty((g, r)),
+        torch.empty_like(w_up),
+        w_up.new_empty((g, d)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_down, _, w_up, _, index, activation, backend, _ = inputs
+    ctx.save_for_backward(x, w_down, w_up, output[1], index)
+    ctx.activation, ctx.backend = activation, backend
+
+
+def _autograd_backward(ctx, grad_out, _grad_hidden):
+    x, w_down, w_up, hidden, index = ctx.saved_tensors
+    grads = _backward(
+        grad_out.contiguous(), x, w_down, w_up, hidden, index, ctx.activation, ctx.backend
+    )
+    return (*grads, None, None, None, None)
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _validate(x, w_down, b_down, w_up, b_up, index, activation):
+    for name, t in (
+        ("x", x),
+        ("w_down", w_down),
+        ("b_down", b_down),
+        ("w_up", w_up),
+        ("b_up", b_up),
+    ):
+        _checks.floating(name, t, _DTYPES)
+    _checks.same_dtype({"x": x, "w_down": w_down, "b_down": b_down, "w_up": w_up, "b_up": b_up})
+    tensors = {"x": x, "w_down": w_down, "b_down": b_down, "w_up": w_up, "b_up": b_up}
+    if index is not None:
+        tensors["index"] = index
+    _checks.same_device(tensors)
+    _checks.shape("x", x, (None, None, None), "[B, T, d]")
+    n, _, d = x.shape
+    _checks.shape("w_down", w_down, (None, d, None), f"[G, d={d}, r]")
+    g, _, r = w_down.shape
+    _checks.shape("b_down", b_down, (g, r), f"[G={g}, r={r}]")
+    _checks.shape("w_up", w_up, (g, r, d), f"[G={g}, r={r}, d={d}]")
+    _checks.shape("b_up", b_up, (g, d), f"[G={g}, d={d}]")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if index is None:
+        if g != n:
+            raise ValueError(
+                f"without index there is one weight set per instance: w_down.shape[0] (G={g}) "
+                f"must equal x.shape[0] (B={n}); pass index=LongTensor[B] to share sets"
+            )
+        return None
+    return _checks.index_tensor("index", index, n, g, "one weight-set id per instance of x")
+
+
+def hyper_adapter(
+    x: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    index: torch.Tensor | None = None,
+    activation: str = "relu",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """act(x @ w_down[g] + b_down[g]) @ w_up[g] + b_up[g] for every instance b, g = index[b] or b.
+
+    Args:
+        x: [B, T, d] activations.
+        w_down, b_down, w_up, b_up: [G, d, r], [G, r], [G, r, d], [G, d] weight sets.
+        index: None (G == B, one set per instance) or an integer tensor [B] in [0, G):
+            instances sharing a set share its weights (and sum into its gradient).
+        activation: "relu", "gelu" (tanh form), "silu" or "identity".
+        backend: "reference", "cpp", "triton", "cuda", or None for the fastest available.
+    Returns:
+        [B, T, d], the dtype of x.
+    """
+    index = _validate(x, w_down, b_down, w_up, b_up, index, activation)
+    name = _backend.resolve(backend, x.device, _OP)
+    if name == "reference":
+        return reference.hyper_adapter(x, w_down, b_down, w_up, b_up, index, activation)
+    weights = (w_down, b_down, w_up, b_up)
+    save_hidden = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights))
+    x, w_down, b_down, w_up, b_up = (t.contiguous() for t in (x, *weights))
+    out, _ = _forward(x, w_down, b_down, w_up, b_up, index, activation, name, save_hidden)
+    return out

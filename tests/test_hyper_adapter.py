@@ -1,0 +1,272 @@
+"""hyper_adapter: every backend against the eager reference, forward and all gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from backend_utils import KERNEL_BACKENDS, assert_close_fa, device_for, require
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pha
+from pha.ops import reference
+
+ACTIVATIONS = ("relu", "gelu", "silu", "identity")
+ARGS = ("x", "w_down", "b_down", "w_up", "b_up")
+
+
+def make_inputs(
+    b, t, d, r, g, dtype=torch.float32, device="cpu", indexed=False, index=None, scale=0.5
+):
+    x = torch.randn(b, t, d, dtype=torch.float64, device=device)
+    tensors = [
+        x,
+        torch.randn(g, d, r, dtype=torch.float64, device=device) * scale / d**0.5,
+        torch.randn(g, r, dtype=torch.float64, device=device) * 0.1,
+        torch.randn(g, r, d, dtype=torch.float64, device=device) * scale / r**0.5,
+        torch.randn(g, d, dtype=torch.float64, device=device) * 0.1,
+    ]
+    if indexed and index is None:
+        index = torch.randint(0, g, (b,), device=device)
+    return [t_.to(dtype) for t_ in tensors], (index.to(device) if index is not None else None)
+
+
+def run(fn, tensors, index, activation, grad_out):
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = fn(*leaves, index=index, activation=activation)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def check_backend(
+    backend, b, t, d, r, g, dtype, activation, indexed=False, index=None, atol=None, noncontig=False
+):
+    device = device_for(backend)
+    tensors, index = make_inputs(b, t, d, r, g, dtype, device, indexed, index)
+    if noncontig:  # same values, transposed storage
+        tensors[0] = tensors[0].transpose(0, 1).contiguous().transpose(0, 1)
+        assert not tensors[0].is_contiguous()
+    grad_out = torch.randn(b, t, d, dtype=torch.float64, device=device)
+    ref_hi = run(
+        reference.hyper_adapter, [x.double() for x in tensors], index, activation, grad_out
+    )
+    ref_same = run(reference.hyper_adapter, tensors, index, activation, grad_out)
+    out = run(
+        lambda *a, **k: pha.ops.hyper_adapter(*a, **k, backend=backend),
+        tensors,
+        index,
+        activation,
+        grad_out,
+    )
+    atol = atol if atol is not None else (1e-5 if dtype == torch.float32 else 1e-2)
+    names = ("out",) + tuple(f"grad {n}" for n in ARGS)
+    for name, o, s, h in zip(
+        names, [out[0], *out[1]], [ref_same[0], *ref_same[1]], [ref_hi[0], *ref_hi[1]]
+    ):
+        assert_close_fa(f"{backend} {name}", o, s, h, atol)
+
+
+# (B, T, d, r, G, indexed, index): the odd shapes the contract must survive.
+SHAPES = {
+    "basic": (3, 4, 16, 8, 3, False, None),
+    "T=1": (2, 1, 24, 16, 2, False, None),
+    "B=1": (1, 5, 16, 8, 1, False, None),
+    "r=5": (2, 3, 32, 5, 2, False, None),
+    "r=17,d=33": (2, 3, 33, 17, 2, False, None),
+    "d=1,r=1": (2, 2, 1, 1, 2, False, None),
+    "indexed G=1": (4, 3, 16, 8, 1, True, torch.zeros(4, dtype=torch.long)),
+    "repeated+unused": (5, 3, 19, 6, 6, True, torch.tensor([3, 3, 0, 3, 5])),
+    "indexed G>B": (2, 2, 16, 8, 7, True, torch.tensor([6, 1])),
+    "indexed all-distinct": (4, 2, 16, 8, 4, True, torch.tensor([2, 0, 3, 1])),
+}
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_matches_reference_fp32(backend, shape, activation):
+    require(backend, "hyper_adapter")
+    b, t, d, r, g, indexed, index = SHAPES[shape]
+    check_backend(backend, b, t, d, r, g, torch.float32, activation, indexed, index)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("shape", ["basic", "r=17,d=33", "repeated+unused"])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_matches_reference_bf16(backend, shape, activation):
+    require(backend, "hyper_adapter")
+    b, t, d, r, g, indexed, index = SHAPES[shape]
+    check_backend(backend, b, t, d, r, g, torch.bfloat16, activation, indexed, index)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("indexed", [False, True])
+def test_noncontiguous_x(backend, indexed):
+    require(backend, "hyper_adapter")
+    check_backend(backend, 3, 4, 20, 8, 3, torch.float32, "silu", indexed, noncontig=True)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "cuda"])
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_backend_handles_large_tiles(backend, indexed, activation):
+    """Shapes past one register/cache tile: many tokens, d and r spanning several blocks."""
+    require(backend, "hyper_adapter")
+    check_backend(backend, 6, 37, 200, 70, 3 if indexed else 6, torch.float32, activation, indexed)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "identity"])
+def test_gradcheck_float64(backend, indexed, activation):
+    if backend != "reference":
+        require(backend, "hyper_adapter")
+    tensors, index = make_inputs(
+        3,
+        2,
+        5,
+        3,
+        2 if indexed else 3,
+        torch.float64,
+        indexed=indexed,
+        index=torch.tensor([1, 1, 0]) if indexed else None,
+    )
+    if activation == "relu":  # keep pre-activations away from the kink at 0
+        tensors[2] = tensors[2] + torch.sign(tensors[2]) * 0.5
+    leaves = [t.requires_grad_(True) for t in tensors]
+
+    def fn(*args):
+        return pha.ops.hyper_adapter(*args, index=index, activation=activation, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    t=st.integers(1, 6),
+    d=st.integers(1, 40),
+    r=st.integers(1, 24),
+    g=st.integers(1, 5),
+    indexed=st.booleans(),
+    activation=st.sampled_from(ACTIVATIONS),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_cpp(b, t, d, r, g, indexed, activation, seed):
+    require("cpp", "hyper_adapter")
+    torch.manual_seed(seed)
+    check_backend("cpp", b, t, d, r, g if indexed else b, torch.float32, activation, indexed)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("indexed", [False, True])
+def test_opcheck(backend, indexed):
+    require(backend, "hyper_adapter")
+    tensors, index = make_inputs(3, 2, 16, 16, 2 if indexed else 3, indexed=indexed)
+    tensors = [t.requires_grad_(True) for t in tensors]
+    args = (*tensors, index, "gelu", backend, True)
+    torch.library.opcheck(torch.ops.pha.hyper_adapter_fwd.default, args)
+
+
+class _TaskAdapter(torch.nn.Module):
+    def __init__(self, tasks, d, r):
+        super().__init__()
+        self.w_down = torch.nn.Parameter(torch.randn(tasks, d, r) / d**0.5)
+        self.b_down = torch.nn.Parameter(torch.zeros(tasks, r))
+        self.w_up = torch.nn.Parameter(torch.randn(tasks, r, d) / r**0.5)
+        self.b_up = torch.nn.Parameter(torch.zeros(tasks, d))
+
+    def forward(self, x, task_ids):
+        y = pha.ops.hyper_adapter(x, self.w_down, self.b_down, self.w_up, self.b_up, index=task_ids)
+        return (x + y).square().mean()
+
+
+def test_torch_compile_fullgraph():
+    require("cpp", "hyper_adapter")
+    model = _TaskAdapter(3, 16, 8)
+    x, ids = torch.randn(4, 5, 16), torch.tensor([2, 0, 2, 1])
+    eager = model(x, ids)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got = compiled(x, ids)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    torch.testing.assert_close(got, eager)
+    for a, b in zip(got_grads, eager_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_no_grad_path_matches():
+    require("cpp", "hyper_adapter")
+    tensors, index = make_inputs(3, 4, 16, 8, 2, indexed=True)
+    with torch.no_grad():
+        fast = pha.ops.hyper_adapter(*tensors, index=index, backend="cpp")
+    torch.testing.assert_close(
+        fast, reference.hyper_adapter(*tensors, index=index), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+class TestErrors:
+    def _inputs(self):
+        return make_inputs(3, 2, 8, 4, 3)[0]
+
+    def test_index_out_of_range(self, backend):
+        x, wd, bd, wu, bu = self._inputs()
+        for bad in ([0, 3, 1], [0, -1, 1]):
+            with pytest.raises(ValueError, match=r"index values must lie in \[0, 3\)"):
+                pha.ops.hyper_adapter(x, wd, bd, wu, bu, index=torch.tensor(bad), backend=backend)
+
+    def test_index_wrong_length(self, backend):
+        x, wd, bd, wu, bu = self._inputs()
+        with pytest.raises(ValueError, match=r"index must have shape \[3\]"):
+            pha.ops.hyper_adapter(x, wd, bd, wu, bu, index=torch.tensor([0, 1]), backend=backend)
+
+    def test_index_dtype(self, backend):
+        x, wd, bd, wu, bu = self._inputs()
+        with pytest.raises(TypeError, match="index must be an integer tensor"):
+            pha.ops.hyper_adapter(
+                x, wd, bd, wu, bu, index=torch.tensor([0.0, 1.0, 2.0]), backend=backend
+            )
+
+    def test_shape_mismatch(self, backend):
+        x, wd, bd, wu, bu = self._inputs()
+        with pytest.raises(ValueError, match=r"w_up must have shape \[G=3, r=4, d=8\]"):
+            pha.ops.hyper_adapter(x, wd, bd, wu[:, :, :7], bu, backend=backend)
+        with pytest.raises(ValueError, match=r"w_down must have shape \[G, d=8, r\]"):
+            pha.ops.hyper_adapter(x, wd[:, :5], bd, wu, bu, backend=backend)
+        with pytest.raises(ValueError, match=r"must equal x.shape\[0\]"):
+            pha.ops.hyper_adapter(x, wd[:2], bd[:2], wu[:2], bu[:2], backend=backend)
+        with pytest.raises(ValueError, match=r"x must have shape \[B, T, d\]"):
+            pha.ops.hyper_adapter(x[0], wd, bd, wu, bu, backend=backend)
+
+    def test_dtype_mismatch(self, backend):
+        x, wd, bd, wu, bu = self._inputs()
+        with pytest.raises(TypeError, match="share one dtype"):
+            pha.ops.hyper_adapter(x.double(), wd, bd, wu, bu, backend=backend)
+        with pytest.raises(TypeError, match="x must have dtype"):
+            pha.ops.hyper_adapter(x.int(), wd, bd, wu, bu, backend=backend)
+
+    def test_device_mismatch(self, backend):
+        x, wd, bd, wu, bu = self._inputs()
+        with pytest.raises(ValueError, match="one device"):
+            pha.ops.hyper_adapter(x, wd.to("meta"), bd, wu, bu, backend=backend)
+
+    def test_bad_activation(self, backend):
+        x, wd, bd, wu, bu = self._inputs()
+        with pytest.raises(ValueError, match="activation must be one of"):
+            pha.ops.hyper_adapter(x, wd, bd, wu, bu, activation="tanh", backend=backend)
+
+
+def test_unknown_or_unavailable_backend():
+    x, wd, bd, wu, bu = make_inputs(2, 2, 4, 2, 2)[0]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        pha.ops.hyper_adapter(x, wd, bd, wu, bu, backend="fortran")
+    if not pha.ops.backends()["cuda"]:
+        with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
+            pha.ops.hyper_adapter(x, wd, bd, wu, bu, backend="cuda")
+
+
+def test_backends_report():
+    report = pha.ops.backends()
+    assert set(report) == {"reference", "cpp", "triton", "cuda"}
+    assert report["reference"] is True
