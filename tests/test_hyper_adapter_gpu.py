@@ -2,7 +2,8 @@
 
 - Triton (under TRITON_INTERPRET=1): fp16 and multi-block shapes beyond the shared tests,
   the per-set gradient reduction over repeated / unused sets (and its determinism), the
-  launcher's edge cases, and the well-formedness of the GPU autotune tables.
+  launcher's edge cases, and the well-formedness of the GPU autotune tables; and (without
+  the interpreter) every kernel variant compiled for a real GPU target, sm_80.
 - CUDA: the .cu kernels compile with nvcc as CI compiles them, the torch binding passes a
   g++ syntax check against torch's headers, and the kernels themselves run on the CPU
   through a small emulation of the CUDA runtime (tests/cuda_emulation/) and are compared
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -196,6 +198,23 @@ def test_triton_config_pruning(sizes, expected):
     if expected == "all but BLOCK_N=128":
         expected = [row[:3] for row in kernels.INSTANCE_CONFIGS if row[2] < 128]
     assert blocks == expected
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_a_gpu():
+    """Every launcher variant compiles for sm_80 (Triton ships ptxas: no GPU needed), with
+    the shared memory of the GPU config it was given within what sm_80+ GPUs offer."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).resolve().parent / "triton_gpu_compile.py"
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    compiled = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(compiled) == 6
+    for kernel in compiled:  # 99 KiB: the per-block limit of sm_86/sm_89, the smallest of sm_80+
+        assert 0 < kernel["shared"] <= 99 * 1024, kernel
 
 
 # ---------------------------------------------------------------------------------------
