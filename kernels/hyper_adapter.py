@@ -290,6 +290,8 @@ def _instance_matmul(
     (set, k, n); bias / h may be None."""
     n, t, k = a.shape
     cols = out.shape[2]
+    if out.numel() == 0:
+        return out
     grid = lambda meta: (  # noqa: E731
         n * triton.cdiv(t, meta["BLOCK_T"]),
         triton.cdiv(cols, meta["BLOCK_N"]),
@@ -324,9 +326,11 @@ def _instance_matmul(
 def _set_grad(a, b, dw, dbias, order, segments, a_act="identity") -> None:
     """dw[g] = sum_{instances of g} a_act(a)^T @ b, dbias[g] = their column sums of b."""
     t, m, cols = a.shape[1], a.shape[2], b.shape[2]
+    if dw.shape[0] == 0 or cols == 0:
+        return
     grid = lambda meta: (  # noqa: E731
         dw.shape[0],
-        triton.cdiv(m, meta["BLOCK_M"]),
+        max(1, triton.cdiv(m, meta["BLOCK_M"])),  # one M-block even if M == 0: it writes dbias
         triton.cdiv(cols, meta["BLOCK_N"]),
     )
     _launch(
@@ -347,6 +351,11 @@ def _check_inputs(x: torch.Tensor, index: torch.Tensor | None) -> None:
         )
     if index is not None and (index.dtype != torch.int64 or index.dim() != 1):
         raise TypeError(f"index must be an int64 tensor [B], got {index.dtype} {list(index.shape)}")
+
+
+def _on_device(x: torch.Tensor):
+    """Launch on x's GPU (Triton launches on the current device), or anywhere on CPU."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _segments(index: torch.Tensor | None, n: int, g: int, device) -> tuple[torch.Tensor, ...]:
@@ -379,7 +388,7 @@ def hyper_adapter_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, T, d] x.dtype, hidden [B, T, r] fp32 or an empty fp32 [0] tensor)."""
     _check_inputs(x, index)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with _on_device(x):
         hidden = _hidden(x, w_down, b_down, index)
         r, d = w_up.shape[1:]
         out = torch.empty_like(x)
@@ -408,7 +417,7 @@ def hyper_adapter_backward(
             f"hidden must be the fp32 [B={n}, T={t}, r={r}] pre-activation saved by the forward "
             f"(save_hidden=True), got {hidden.dtype} {list(hidden.shape)}"
         )
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with _on_device(x):
         grad_hidden = torch.empty(n, t, r, dtype=torch.float32, device=x.device)
         _instance_matmul(
             grad_out, w_up, (r * d, 1, d), None, hidden, grad_hidden, index, epi_dact=activation

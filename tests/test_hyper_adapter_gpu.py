@@ -121,6 +121,23 @@ def test_triton_set_reduction(layout):
         assert torch.count_nonzero(grad[~unused]) > 0
 
 
+# Empty dimensions: nothing to launch for some products, yet every bias gradient is written
+# (r = 0 leaves grad_b_up = sum of grad_out; d = 0 leaves grad_b_down = sum of grad_hidden).
+EMPTY_SHAPES = {
+    "B=0": (0, 3, 16, 8, 2, torch.zeros(0, dtype=torch.long)),
+    "T=0": (2, 0, 16, 8, 2, None),
+    "r=0": (2, 3, 16, 0, 2, None),
+    "d=0": (2, 3, 0, 4, 2, None),
+}
+
+
+@pytest.mark.parametrize("shape", list(EMPTY_SHAPES))
+def test_triton_empty_dimensions(shape):
+    require("triton", "hyper_adapter")
+    b, t, d, r, g, index = EMPTY_SHAPES[shape]
+    check_against_reference(triton_adapter, b, t, d, r, g, torch.float32, "gelu", index)
+
+
 def test_triton_hidden_is_the_pre_activation():
     require("triton", "hyper_adapter")
     from pha.kernels import hyper_adapter_forward
@@ -366,3 +383,9 @@ def test_cuda_kernels_emulated_several_tiles(emulated_cuda, layout):
     check_against_reference(
         _emulated(emulated_cuda), index.numel(), 35, 70, 40, g, torch.float32, "silu", index
     )
+
+
+@pytest.mark.parametrize("shape", list(EMPTY_SHAPES))
+def test_cuda_kernels_emulated_empty_dimensions(emulated_cuda, shape):
+    b, t, d, r, g, index = EMPTY_SHAPES[shape]
+    check_against_reference(_emulated(emulated_cuda), b, t, d, r, g, torch.float32, "gelu", index)
