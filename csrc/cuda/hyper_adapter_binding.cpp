@@ -78,7 +78,8 @@ const int64_t* check_index(const std::optional<at::Tensor>& index, const at::Ten
   check_tensor("index", *index, x, at::kLong, {s.batch});
   if (s.batch > 0) {  // the kernels read weights at these offsets: check before launching
     const auto [lo, hi] = at::aminmax(*index);
-    const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+    const at::Tensor range = at::stack({lo, hi}).cpu();  // one device-to-host copy
+    const int64_t lo_v = range[0].item<int64_t>(), hi_v = range[1].item<int64_t>();
     TORCH_CHECK_VALUE(lo_v >= 0 && hi_v < s.sets, "index values must lie in [0, ", s.sets,
                       "), got min ", lo_v, ", max ", hi_v);
   }
