@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 from backend_utils import assert_close_fa, require
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_hyper_adapter import ACTIVATIONS, ARGS, SHAPES, make_inputs, run
 
 from pha.ops import reference
@@ -84,6 +86,29 @@ def test_triton_several_blocks(dtype, activation, indexed):
     require("triton", "hyper_adapter")
     check_against_reference(
         triton_adapter, 2, 70, 150, 80, 3 if indexed else 2, dtype, activation, indexed=indexed
+    )
+
+
+FUZZ = dict(
+    b=st.integers(1, 4),
+    t=st.integers(1, 20),
+    d=st.integers(1, 70),
+    r=st.integers(1, 40),
+    g=st.integers(1, 4),
+    indexed=st.booleans(),
+    activation=st.sampled_from(ACTIVATIONS),
+    seed=st.integers(0, 2**16),
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(**FUZZ)
+def test_triton_fuzz(b, t, d, r, g, indexed, activation, seed):
+    require("triton", "hyper_adapter")
+    torch.manual_seed(seed)
+    g = g if indexed else b
+    check_against_reference(
+        triton_adapter, b, t, d, r, g, torch.float32, activation, indexed=indexed
     )
 
 
@@ -389,3 +414,13 @@ def test_cuda_kernels_emulated_several_tiles(emulated_cuda, layout):
 def test_cuda_kernels_emulated_empty_dimensions(emulated_cuda, shape):
     b, t, d, r, g, index = EMPTY_SHAPES[shape]
     check_against_reference(_emulated(emulated_cuda), b, t, d, r, g, torch.float32, "gelu", index)
+
+
+@settings(max_examples=12, deadline=None)
+@given(**FUZZ)
+def test_cuda_kernels_emulated_fuzz(emulated_cuda, b, t, d, r, g, indexed, activation, seed):
+    torch.manual_seed(seed)
+    g = g if indexed else b
+    check_against_reference(
+        _emulated(emulated_cuda), b, t, d, r, g, torch.float32, activation, indexed=indexed
+    )
