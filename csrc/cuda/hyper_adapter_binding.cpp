@@ -2,11 +2,13 @@
 // argument, allocates the outputs and launches on the current stream. Registered as
 // torch.ops.pha_cuda.hyper_adapter_forward / hyper_adapter_backward with the schemas of the
 // C++ CPU backend (the launcher contract of pha/ops/hyper_adapter.py).
-// c10/cuda (not ATen/cuda/CUDAContext.h, which needs the cuBLAS/cuSPARSE headers) is all
-// this file uses: it then also compiles against a CPU torch plus the bare CUDA runtime.
+// Only ATen, torch/library.h and c10/cuda (not torch/extension.h with pybind, nor
+// ATen/cuda/CUDAContext.h, which needs the cuBLAS/cuSPARSE headers): this file then also
+// compiles against a CPU torch plus the bare CUDA runtime headers, as a test checks.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/extension.h>
+#include <torch/library.h>
 
 #include <optional>
 #include <string_view>
