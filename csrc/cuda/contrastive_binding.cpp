@@ -21,7 +21,7 @@ pha_loss_dtype loss_dtype(const at::Tensor& t, const char* name) {
     case at::kBFloat16: return PHA_LOSS_BF16;
     case at::kHalf: return PHA_LOSS_F16;
     default:
-      TORCH_CHECK_TYPE(false, name, " must be float32, bfloat16 or float16 on the CUDA backend, got ",
+      TORCH_CHECK_TYPE(false, name, " must be float32, bfloat16 or float16 on CUDA, got ",
                        t.scalar_type());
   }
 }
@@ -99,7 +99,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_forward(const at::Tensor& z, const at:
   at::Tensor ws = workspace(pha_supcon_workspace_floats(B, D), z);
   check_launch(pha_supcon_forward(z.data_ptr(), dtype, labels.data_ptr<int64_t>(), B, D, tau,
                                   ws.data_ptr<float>(), lse.data_ptr<float>(),
-                                  loss.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()),
+                                  loss.data_ptr<float>(),
+                                  c10::cuda::getCurrentCUDAStream().stream()),
                "supcon_forward");
   return {loss, lse};
 }
