@@ -5,6 +5,7 @@ backend-vs-reference tests are in tests/test_contrastive.py."""
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from backend_utils import assert_close_fa, require
+from cuda_emulation import build_emulated
 
 import pha
 from pha.ops import reference
@@ -32,7 +34,7 @@ def _check(name, kernel_fn, ref_fn, tensors, dtype, atol):
     same = _grads(ref_fn, [t.to(dtype) for t in tensors])
     got = _grads(kernel_fn, [t.to(dtype) for t in tensors])
     for part, g, s, h in zip(("loss", "grad z", "grad prototypes"), got, same, hi):
-        assert_close_fa(f"triton {name} {part}", g, s, h, atol)
+        assert_close_fa(f"{name} {part}", g, s, h, atol)
 
 
 def _labels(b: int, classes: int) -> torch.Tensor:
@@ -66,7 +68,7 @@ def test_triton_supcon_tile_boundaries(case):
         labels = _labels(b, classes)
     z = torch.randn(b, d)
     _check(
-        case,
+        f"triton {case}",
         lambda z: pha.ops.supcon_loss(z, labels, 0.1, backend="triton"),
         lambda z: reference.supcon_loss(z, labels, 0.1),
         [z],
@@ -92,7 +94,7 @@ def test_triton_prototype_tile_boundaries(case, exclude_positive):
     b, k, d = PROTOTYPE_SHAPES[case]
     labels = _labels(b, k)
     _check(
-        f"{case} exclude={exclude_positive}",
+        f"triton {case} exclude={exclude_positive}",
         lambda z, p: pha.ops.prototype_loss(z, p, labels, 0.1, exclude_positive, "triton"),
         lambda z, p: reference.prototype_loss(z, p, labels, 0.1, exclude_positive),
         [torch.randn(b, d), torch.randn(k, d)],
@@ -107,7 +109,7 @@ def test_triton_low_precision(dtype):
     require("triton", "supcon")
     labels, proto_labels = _labels(20, 3), _labels(20, 6)
     _check(
-        "supcon",
+        "triton supcon",
         lambda z: pha.ops.supcon_loss(z, labels, 0.1, backend="triton"),
         lambda z: reference.supcon_loss(z, labels, 0.1),
         [torch.randn(20, 24)],
@@ -115,7 +117,7 @@ def test_triton_low_precision(dtype):
         1e-2,
     )
     _check(
-        "prototype",
+        "triton prototype",
         lambda z, p: pha.ops.prototype_loss(z, p, proto_labels, 0.1, True, "triton"),
         lambda z, p: reference.prototype_loss(z, p, proto_labels, 0.1, True),
         [torch.randn(20, 24), torch.randn(6, 24)],
@@ -164,3 +166,185 @@ def test_cuda_kernels_compile_with_nvcc(tmp_path):
         [*cmd, str(source), "-o", str(tmp_path / "contrastive.o")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- CUDA kernels, emulated
+# No GPU here: the .cu launchers run on CPU pointers through tests/cuda_emulator (each CUDA
+# thread an OS thread, __syncthreads / shuffles as barriers), called the way
+# contrastive_binding.cpp calls them. This checks the kernels' indexing, masking and
+# synchronisation against the reference; the binding itself is only compiled with CUDA torch.
+
+_CUDA_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+class EmulatedContrastive:
+    """supcon/prototype forward/backward with the contract's signatures, on CPU tensors."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+        lib.pha_supcon_workspace_floats.restype = ctypes.c_size_t
+        lib.pha_supcon_workspace_floats.argtypes = [i64, i64]
+        lib.pha_prototype_workspace_floats.restype = ctypes.c_size_t
+        lib.pha_prototype_workspace_floats.argtypes = [i64, i64, i64]
+        lib.pha_supcon_forward.argtypes = [p, i32, p, i64, i64, f32, p, p, p, p]
+        lib.pha_supcon_backward.argtypes = [p, p, i32, p, p, i64, i64, f32, p, p, p]
+        lib.pha_prototype_forward.argtypes = [p, p, i32, p, i64, i64, i64, f32, i32, p, p, p, p]
+        lib.pha_prototype_backward.argtypes = [
+            p, p, p, i32, p, p, i64, i64, i64, f32, i32, p, p, p, p,
+        ]  # fmt: skip
+        self.lib = lib
+
+    @staticmethod
+    def _floats(n: int) -> torch.Tensor:
+        return torch.full((n,), float("nan"))  # poisoned: reading unwritten scratch shows up
+
+    def supcon_forward(self, z, labels, temperature):
+        (b, d), lse, loss = z.shape, torch.empty(z.shape[0]), torch.empty(())
+        ws = self._floats(self.lib.pha_supcon_workspace_floats(b, d))
+        err = self.lib.pha_supcon_forward(
+            z.data_ptr(), _CUDA_DTYPES[z.dtype], labels.data_ptr(), b, d, temperature,
+            ws.data_ptr(), lse.data_ptr(), loss.data_ptr(), None,
+        )  # fmt: skip
+        assert err == 0
+        return loss, lse
+
+    def supcon_backward(self, grad_loss, z, labels, lse, temperature):
+        (b, d), grad_z, grad = z.shape, torch.empty_like(z), grad_loss.float().reshape(())
+        ws = self._floats(self.lib.pha_supcon_workspace_floats(b, d))
+        err = self.lib.pha_supcon_backward(
+            grad.data_ptr(), z.data_ptr(), _CUDA_DTYPES[z.dtype], labels.data_ptr(),
+            lse.data_ptr(), b, d, temperature, ws.data_ptr(), grad_z.data_ptr(), None,
+        )  # fmt: skip
+        assert err == 0
+        return grad_z
+
+    def prototype_forward(self, z, prototypes, labels, temperature, exclude_positive):
+        (b, d), k = z.shape, prototypes.shape[0]
+        lse, loss = torch.empty(b), torch.empty(())
+        ws = self._floats(self.lib.pha_prototype_workspace_floats(b, k, d))
+        err = self.lib.pha_prototype_forward(
+            z.data_ptr(), prototypes.data_ptr(), _CUDA_DTYPES[z.dtype], labels.data_ptr(),
+            b, k, d, temperature, int(exclude_positive), ws.data_ptr(), lse.data_ptr(),
+            loss.data_ptr(), None,
+        )  # fmt: skip
+        assert err == 0
+        return loss, lse
+
+    def prototype_backward(self, grad_loss, z, prototypes, labels, lse, temperature, exclude):
+        (b, d), k, grad = z.shape, prototypes.shape[0], grad_loss.float().reshape(())
+        grad_z, grad_p = torch.empty_like(z), torch.empty_like(prototypes)
+        ws = self._floats(self.lib.pha_prototype_workspace_floats(b, k, d))
+        err = self.lib.pha_prototype_backward(
+            grad.data_ptr(), z.data_ptr(), prototypes.data_ptr(), _CUDA_DTYPES[z.dtype],
+            labels.data_ptr(), lse.data_ptr(), b, k, d, temperature, int(exclude),
+            ws.data_ptr(), grad_z.data_ptr(), grad_p.data_ptr(), None,
+        )  # fmt: skip
+        assert err == 0
+        return grad_z, grad_p
+
+
+@pytest.fixture(scope="module")
+def emulated_cuda(tmp_path_factory):
+    lib = build_emulated(
+        ROOT / "csrc" / "cuda" / "contrastive_kernels.cu", tmp_path_factory.mktemp("emu")
+    )
+    return EmulatedContrastive(lib)
+
+
+def _as_function(forward, backward, n_tensors):
+    """A differentiable function from a launcher pair: backward takes
+    (grad, *the first n_tensors inputs, lse, *the other inputs), as in the contract."""
+
+    class Loss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            loss, lse = forward(*inputs)
+            ctx.save_for_backward(*inputs[:n_tensors], lse)
+            ctx.rest, ctx.n_inputs = inputs[n_tensors:], len(inputs)
+            return loss.to(inputs[0].dtype)  # as the public ops do
+
+        @staticmethod
+        def backward(ctx, grad):
+            grads = backward(grad, *ctx.saved_tensors, *ctx.rest)
+            grads = grads if isinstance(grads, tuple) else (grads,)
+            return (*grads, *[None] * (ctx.n_inputs - len(grads)))
+
+    return Loss.apply
+
+
+# (B, D, classes) around the 32-row tile and the 32-wide D chunk of the CUDA kernels
+CUDA_SUPCON = {
+    "B=33,D=33": (33, 33, 4),
+    "B=32,D=5": (32, 5, 2),
+    "B=1": (1, 4, 1),
+    "no positives": (6, 7, None),
+}
+
+
+@pytest.mark.parametrize("case", CUDA_SUPCON, ids=list(CUDA_SUPCON))
+def test_cuda_supcon_emulated(emulated_cuda, case):
+    b, d, classes = CUDA_SUPCON[case]
+    labels = torch.randperm(b) if classes is None else _labels(b, classes)
+    loss_fn = _as_function(emulated_cuda.supcon_forward, emulated_cuda.supcon_backward, 2)
+    _check(
+        f"cuda {case}",
+        lambda z: loss_fn(z, labels, 0.1),
+        lambda z: reference.supcon_loss(z, labels, 0.1),
+        [torch.randn(b, d)],
+        torch.float32,
+        1e-5,
+    )
+
+
+# (B, K, D, dtype)
+CUDA_PROTOTYPE = {
+    "K=1": (5, 1, 8, torch.float32),
+    "K=33,D=40": (34, 33, 40, torch.float32),
+    "B=1,K=3": (1, 3, 16, torch.float32),
+    "bf16": (20, 6, 24, torch.bfloat16),
+    "fp16": (20, 6, 24, torch.float16),
+}
+
+
+@pytest.mark.parametrize("exclude_positive", (True, False))
+@pytest.mark.parametrize("case", CUDA_PROTOTYPE, ids=list(CUDA_PROTOTYPE))
+def test_cuda_prototype_emulated(emulated_cuda, case, exclude_positive):
+    b, k, d, dtype = CUDA_PROTOTYPE[case]
+    labels = _labels(b, k)
+    loss_fn = _as_function(emulated_cuda.prototype_forward, emulated_cuda.prototype_backward, 3)
+    _check(
+        f"cuda {case} exclude={exclude_positive}",
+        lambda z, p: loss_fn(z, p, labels, 0.1, exclude_positive),
+        lambda z, p: reference.prototype_loss(z, p, labels, 0.1, exclude_positive),
+        [torch.randn(b, d), torch.randn(k, d)],
+        dtype,
+        1e-5 if dtype == torch.float32 else 1e-2,
+    )
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+def test_cuda_supcon_emulated_low_precision(emulated_cuda, dtype):
+    labels = _labels(20, 3)
+    loss_fn = _as_function(emulated_cuda.supcon_forward, emulated_cuda.supcon_backward, 2)
+    _check(
+        "cuda supcon",
+        lambda z: loss_fn(z, labels, 0.1),
+        lambda z: reference.supcon_loss(z, labels, 0.1),
+        [torch.randn(20, 24)],
+        dtype,
+        1e-2,
+    )
+
+
+def test_cuda_emulated_edge_cases(emulated_cuda):
+    z, labels = torch.randn(6, 8), torch.tensor([0, 1, 0, 1, 2, 2])
+    z[2, 3] = float("nan")
+    assert emulated_cuda.supcon_forward(z, labels, 0.1)[0].isnan()
+    assert emulated_cuda.supcon_forward(z, torch.arange(6), 0.1)[0].isnan()  # no positive
+    protos = torch.randn(3, 8)
+    assert emulated_cuda.prototype_forward(z, protos, labels, 0.1, True)[0].isnan()
+    assert emulated_cuda.prototype_forward(z, protos[:1], labels * 0, 0.1, True)[0].isnan()
+    z[2, 3] = 0.0
+    bad = torch.tensor([0, 1, 2, 3, -1, 0])  # ids the kernels must not trust
+    loss, lse = emulated_cuda.prototype_forward(z, protos, bad, 0.1, False)
+    assert loss.isnan() and lse[3:5].isnan().all() and torch.isfinite(lse[:3]).all()
