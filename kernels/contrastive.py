@@ -416,7 +416,7 @@ def prototype_forward(
     lse, pos = _row_stats(zop, pop, labels, temperature, False, exclude_positive)
     if exclude_positive and prototypes.shape[0] == 1:  # nothing to contrast with
         return _zero_loss(z_norm, p_norm), lse
-    return (lse - pos).mean(), lse
+    return (lse - pos).sum() / max(z.shape[0], 1), lse  # an empty batch: 0
 
 
 def prototype_backward(

@@ -154,6 +154,15 @@ def test_triton_launcher_edge_cases():
     with pytest.raises(TypeError, match="z"):
         kernels.supcon_forward(z.double(), labels, 0.1)
 
+    empty = z[:0]  # B = 0: loss 0, no launch on an empty grid
+    assert kernels.supcon_forward(empty, labels[:0], 0.1)[0].item() == 0.0
+    loss, lse = kernels.prototype_forward(empty, protos, labels[:0], 0.1, False)
+    assert loss.item() == 0.0 and lse.shape == (0,)
+    grad_z, grad_p = kernels.prototype_backward(
+        torch.ones(()), empty, protos, labels[:0], lse, 0.1, False
+    )
+    assert grad_z.shape == (0, 8) and torch.equal(grad_p, torch.zeros_like(protos))
+
 
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
     """The CI compile check (plain nvcc, torch-free .cu) for the contrastive kernels."""
@@ -348,3 +357,12 @@ def test_cuda_emulated_edge_cases(emulated_cuda):
     bad = torch.tensor([0, 1, 2, 3, -1, 0])  # ids the kernels must not trust
     loss, lse = emulated_cuda.prototype_forward(z, protos, bad, 0.1, False)
     assert loss.isnan() and lse[3:5].isnan().all() and torch.isfinite(lse[:3]).all()
+
+    empty = z[:0]  # B = 0: loss 0, no launch on an empty grid
+    assert emulated_cuda.supcon_forward(empty, labels[:0], 0.1)[0].item() == 0.0
+    loss, lse = emulated_cuda.prototype_forward(empty, protos, labels[:0], 0.1, False)
+    assert loss.item() == 0.0 and lse.shape == (0,)
+    grad_z, grad_p = emulated_cuda.prototype_backward(
+        torch.ones(()), empty, protos, labels[:0], lse, 0.1, False
+    )
+    assert grad_z.shape == (0, 8) and torch.equal(grad_p, torch.zeros_like(protos))

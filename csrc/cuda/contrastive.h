@@ -35,8 +35,9 @@ cudaError_t pha_supcon_backward(const float* grad_loss, const void* z, pha_loss_
 
 size_t pha_prototype_workspace_floats(int64_t B, int64_t K, int64_t D);
 
-// loss = mean_i (lse_i - s_{i,y_i}); lse over k != y_i when exclude_positive (then K == 1
-// gives loss 0). A label outside [0, K) makes its row's lse (and so the loss) NaN.
+// loss = mean_i (lse_i - s_{i,y_i}) (0 for B == 0); lse over k != y_i when
+// exclude_positive (K == 1 then gives loss 0). A label outside [0, K) makes its row's lse
+// (and so the loss) NaN.
 cudaError_t pha_prototype_forward(const void* z, const void* prototypes, pha_loss_dtype dtype,
                                   const int64_t* labels, int64_t B, int64_t K, int64_t D,
                                   float temperature, int exclude_positive, float* workspace,

@@ -286,7 +286,7 @@ __global__ void grad_pass_kernel(const float* __restrict__ A, const float* __res
 
 // loss = mean over rows with a positive (n_pos null: every row has exactly one) of
 // lse - pos / n_pos; 0 * sum(probe) (0, or NaN if an input was NaN) when there is nothing
-// to contrast. One block.
+// to contrast (no such row, or K == 1 with the positive excluded). One block.
 __global__ void finish_loss_kernel(const float* __restrict__ lse, const float* __restrict__ pos,
                                    const float* __restrict__ n_pos, int64_t B,
                                    const float* __restrict__ probe, int64_t probe_len,
@@ -304,8 +304,8 @@ __global__ void finish_loss_kernel(const float* __restrict__ lse, const float* _
   rows = block_sum(rows);
   probe_sum = block_sum(probe_sum);
   if (threadIdx.x == 0) {
-    const bool empty = nothing_to_contrast || (n_pos != nullptr && rows == 0.f);
-    *loss = empty ? 0.f * probe_sum : sum / rows;  // B == 0 (prototype): NaN, as mean([])
+    const bool empty = nothing_to_contrast || rows == 0.f;  // also an empty batch
+    *loss = empty ? 0.f * probe_sum : sum / rows;
   }
 }
 
