@@ -3,7 +3,8 @@
 // checked here before a pointer reaches the C launchers of contrastive.h. The kernels
 // never use a label as an address (they only compare labels), so no label value can make
 // them read out of bounds; a prototype id outside [0, K) makes the loss NaN.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -43,7 +44,6 @@ void check_prototypes(const at::Tensor& prototypes, const at::Tensor& z) {
   check_on(prototypes, "prototypes", z);
   TORCH_CHECK_VALUE(prototypes.dim() == 2 && prototypes.size(1) == z.size(1),
                     "prototypes must have shape [K, D=", z.size(1), "], got ", prototypes.sizes());
-  TORCH_CHECK_VALUE(prototypes.size(0) >= 1, "prototypes must hold at least one row (K >= 1)");
   TORCH_CHECK_TYPE(prototypes.scalar_type() == z.scalar_type(),
                    "prototypes must have z's dtype (", z.scalar_type(), "), got ",
                    prototypes.scalar_type());

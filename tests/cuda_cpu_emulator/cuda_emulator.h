@@ -1,5 +1,5 @@
 // A CPU emulation of the bits of the CUDA execution model the pha kernels use, so that
-// their .cu sources (launches rewritten by tests/cuda_emulation.py) run here without a
+// their .cu sources (launches rewritten by tests/cuda_cpu_build.py) run here without a
 // GPU: each block's threads are OS threads, __syncthreads and warp shuffles are barriers,
 // and __shared__ variables are function statics (the blocks of a launch run one after
 // another). For tests only: it checks indexing, masking and synchronisation, not speed,

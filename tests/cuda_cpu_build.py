@@ -1,5 +1,5 @@
 """Build a torch-free CUDA source into a CPU shared library with the emulator in
-tests/cuda_emulator/ (threads for CUDA threads, barriers for __syncthreads and shuffles),
+tests/cuda_cpu_emulator/ (threads for CUDA threads, barriers for __syncthreads and shuffles),
 so that its kernels and C launchers run here, without a GPU, on CPU pointers."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def build_emulated(cu_file: Path, out_dir: Path) -> ctypes.CDLL:
     lib = out_dir / (cu_file.stem + "_emulated.so")
     cmd = [
         compiler, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
-        f"-I{TESTS / 'cuda_emulator'}", f"-I{cu_file.parent}", str(cpp), "-o", str(lib),
+        f"-I{TESTS / 'cuda_cpu_emulator'}", f"-I{cu_file.parent}", str(cpp), "-o", str(lib),
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
