@@ -44,20 +44,8 @@ _AUTOTUNE = dict(configs=_CONFIGS, key=["M", "N", "D"])
 
 
 @triton.jit
-def _scores(
-    a_ptr,
-    b_ptr,
-    offs_i,
-    offs_j,
-    M,
-    N,
-    D,
-    scale,
-    BLOCK_I: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_F32: tl.constexpr,
-):
+def _scores(a_ptr, b_ptr, offs_i, offs_j, M, N, D, scale, BLOCK_I: tl.constexpr,
+            BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr):  # fmt: skip
     """The [BLOCK_I, BLOCK_J] tile of S = A @ B^T * scale, fp32-accumulated over D."""
     acc = tl.zeros((BLOCK_I, BLOCK_J), tl.float32)
     rows_a = offs_i.to(tl.int64)[:, None] * D
@@ -92,23 +80,11 @@ def _masks(labels_ptr, offs_i, offs_j, M, N, SELF: tl.constexpr, EXCLUDE_POS: tl
 
 @triton.autotune(**_AUTOTUNE)
 @triton.jit
-def _forward_kernel(
-    a_ptr,
-    b_ptr,
-    labels_ptr,
-    lse_ptr,
-    pos_ptr,
-    M,
-    N,
-    D,
-    scale,
-    SELF: tl.constexpr,
-    EXCLUDE_POS: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_F32: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-):
+def _forward_kernel(a_ptr, b_ptr, labels_ptr, lse_ptr, pos_ptr, M, N, D, scale,
+                    SELF: tl.constexpr, EXCLUDE_POS: tl.constexpr, BLOCK_D: tl.constexpr,
+                    DOT_F32: tl.constexpr,
+                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):  # fmt: skip
+    """lse[i] and pos[i] for one row tile (online log-sum-exp over column tiles)."""
     offs_i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     m = tl.full((BLOCK_I,), float("-inf"), tl.float32)
     total = tl.zeros((BLOCK_I,), tl.float32)
@@ -136,26 +112,10 @@ def _forward_kernel(
 
 
 @triton.jit
-def _dscores(
-    a_ptr,
-    b_ptr,
-    labels_ptr,
-    lse_ptr,
-    coef_ptr,
-    pcoef_ptr,
-    offs_i,
-    offs_j,
-    M,
-    N,
-    D,
-    scale,
-    SELF: tl.constexpr,
-    EXCLUDE_POS: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_F32: tl.constexpr,
-):
+def _dscores(a_ptr, b_ptr, labels_ptr, lse_ptr, coef_ptr, pcoef_ptr, offs_i, offs_j,
+             M, N, D, scale, SELF: tl.constexpr, EXCLUDE_POS: tl.constexpr,
+             BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr,
+             DOT_F32: tl.constexpr):  # fmt: skip
     """The recomputed [BLOCK_I, BLOCK_J] tile of dLoss/dS (tau folded into the coefs)."""
     s = _scores(a_ptr, b_ptr, offs_i, offs_j, M, N, D, scale, BLOCK_I, BLOCK_J, BLOCK_D, DOT_F32)
     positive, denom = _masks(labels_ptr, offs_i, offs_j, M, N, SELF, EXCLUDE_POS)
@@ -169,51 +129,19 @@ def _dscores(
 
 @triton.autotune(**_AUTOTUNE)
 @triton.jit
-def _row_grad_kernel(
-    a_ptr,
-    b_ptr,
-    labels_ptr,
-    lse_ptr,
-    coef_ptr,
-    pcoef_ptr,
-    out_ptr,
-    M,
-    N,
-    D,
-    scale,
-    SELF: tl.constexpr,
-    EXCLUDE_POS: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_F32: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-):
+def _row_grad_kernel(a_ptr, b_ptr, labels_ptr, lse_ptr, coef_ptr, pcoef_ptr, out_ptr,
+                     M, N, D, scale, SELF: tl.constexpr, EXCLUDE_POS: tl.constexpr,
+                     BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr,
+                     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):  # fmt: skip
     """out[i, chunk] = sum_j dS_ij B[j, chunk] for one row tile and one D chunk."""
     offs_i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     acc = tl.zeros((BLOCK_I, BLOCK_D), tl.float32)
     for j0 in range(0, N, BLOCK_J):
         offs_j = j0 + tl.arange(0, BLOCK_J)
-        ds = _dscores(
-            a_ptr,
-            b_ptr,
-            labels_ptr,
-            lse_ptr,
-            coef_ptr,
-            pcoef_ptr,
-            offs_i,
-            offs_j,
-            M,
-            N,
-            D,
-            scale,
-            SELF,
-            EXCLUDE_POS,
-            BLOCK_I,
-            BLOCK_J,
-            BLOCK_D,
-            DOT_F32,
-        )
+        ds = _dscores(a_ptr, b_ptr, labels_ptr, lse_ptr, coef_ptr, pcoef_ptr, offs_i, offs_j,
+                      M, N, D, scale, SELF, EXCLUDE_POS, BLOCK_I, BLOCK_J, BLOCK_D,
+                      DOT_F32)  # fmt: skip
         mask = (offs_j[:, None] < N) & (offs_d[None, :] < D)
         b = tl.load(
             b_ptr + offs_j.to(tl.int64)[:, None] * D + offs_d[None, :], mask=mask, other=0.0
@@ -227,51 +155,19 @@ def _row_grad_kernel(
 
 @triton.autotune(**_AUTOTUNE)
 @triton.jit
-def _col_grad_kernel(
-    a_ptr,
-    b_ptr,
-    labels_ptr,
-    lse_ptr,
-    coef_ptr,
-    pcoef_ptr,
-    out_ptr,
-    M,
-    N,
-    D,
-    scale,
-    SELF: tl.constexpr,
-    EXCLUDE_POS: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_F32: tl.constexpr,
-    BLOCK_I: tl.constexpr,
-    BLOCK_J: tl.constexpr,
-):
+def _col_grad_kernel(a_ptr, b_ptr, labels_ptr, lse_ptr, coef_ptr, pcoef_ptr, out_ptr,
+                     M, N, D, scale, SELF: tl.constexpr, EXCLUDE_POS: tl.constexpr,
+                     BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr,
+                     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):  # fmt: skip
     """out[j, chunk] = sum_i dS_ij A[i, chunk] for one column tile and one D chunk."""
     offs_j = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     acc = tl.zeros((BLOCK_J, BLOCK_D), tl.float32)
     for i0 in range(0, M, BLOCK_I):
         offs_i = i0 + tl.arange(0, BLOCK_I)
-        ds = _dscores(
-            a_ptr,
-            b_ptr,
-            labels_ptr,
-            lse_ptr,
-            coef_ptr,
-            pcoef_ptr,
-            offs_i,
-            offs_j,
-            M,
-            N,
-            D,
-            scale,
-            SELF,
-            EXCLUDE_POS,
-            BLOCK_I,
-            BLOCK_J,
-            BLOCK_D,
-            DOT_F32,
-        )
+        ds = _dscores(a_ptr, b_ptr, labels_ptr, lse_ptr, coef_ptr, pcoef_ptr, offs_i, offs_j,
+                      M, N, D, scale, SELF, EXCLUDE_POS, BLOCK_I, BLOCK_J, BLOCK_D,
+                      DOT_F32)  # fmt: skip
         mask = (offs_i[:, None] < M) & (offs_d[None, :] < D)
         a = tl.load(
             a_ptr + offs_i.to(tl.int64)[:, None] * D + offs_d[None, :], mask=mask, other=0.0
@@ -326,18 +222,8 @@ def _row_stats(a, b, labels, temperature, self_contrast, exclude_positive):
     pos = torch.empty(m, dtype=torch.float32, device=a.device)
     if m:
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_I"]),)  # noqa: E731
-        _forward_kernel[grid](
-            a,
-            b,
-            labels,
-            lse,
-            pos,
-            m,
-            n,
-            d,
-            1.0 / temperature,
-            **_flags(a, self_contrast, exclude_positive),
-        )
+        flags = _flags(a, self_contrast, exclude_positive)
+        _forward_kernel[grid](a, b, labels, lse, pos, m, n, d, 1.0 / temperature, **flags)
     return lse, pos
 
 
