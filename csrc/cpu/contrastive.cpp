@@ -64,7 +64,7 @@ struct Normalized {
     std::vector<char> row_finite(n, 1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pha_normalize", [&] {
       const scalar_t* src = x.const_data_ptr<scalar_t>();
-      at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           double sq = 0;  // double: no overflow for any finite fp32 row
           for (int64_t k = 0; k < d; ++k) {
@@ -73,9 +73,11 @@ struct Normalized {
           }
           row_finite[i] = std::isfinite(sq);
           norm[i] = static_cast<T>(std::sqrt(sq));
-          const T inv = T(1) / std::max(norm[i], static_cast<T>(kNormEps));
+          // Divide like F.normalize (a multiplication by the inverse is off by an ulp, which
+          // the normalisation's backward, g - zn (zn . g), turns into absolute error).
+          const T denom = std::max(norm[i], static_cast<T>(kNormEps));
           for (int64_t k = 0; k < d; ++k) {
-            const T v = static_cast<T>(src[i * d + k]) * inv;
+            const T v = static_cast<T>(src[i * d + k]) / denom;
             rows[i * dp + k] = v;
             cols[k * ld_cols + i] = v;
           }
@@ -108,7 +110,7 @@ at::Tensor input_gradient(const Normalized<T>& x, const std::vector<T>& g, T sca
   at::Tensor out = at::empty_like(like);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, like.scalar_type(), "pha_normalize_backward", [&] {
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x.n, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, x.n, 2048, [&](int64_t begin, int64_t end) {
       std::vector<T> scaled(x.dp);
       for (int64_t i = begin; i < end; ++i) {
         for (int64_t k = 0; k < x.dp; ++k) scaled[k] = scale * g[i * x.dp + k];
@@ -301,6 +303,14 @@ void supcon_backward_run(const SupconProblem<T>& p, const T* lse, const T* cc, c
 
 int64_t row_tiles(int64_t n) { return (n + kRowTile - 1) / kRowTile; }
 
+// Row tiles per parallel task: waking a second thread costs microseconds on an idle machine
+// and milliseconds on a busy one, so small problems (PHA's B = 128) run on one thread.
+int64_t tile_grain(int64_t cols, int64_t depth) {
+  constexpr int64_t kMinTaskMacs = int64_t(1) << 22;
+  const int64_t tile_macs = std::max<int64_t>(kRowTile * cols * depth, 1);
+  return std::max<int64_t>(1, kMinTaskMacs / tile_macs);
+}
+
 at::ScalarType accumulation_type(const at::Tensor& z) {
   return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -357,7 +367,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_forward(const at::Tensor& z, const at:
     const Classes classes(labels);
     const SupconProblem<T> p(zn, classes, temperature);
     T* lse_ptr = lse.mutable_data_ptr<T>();
-    at::parallel_for(0, row_tiles(zn.n), 1, [&](int64_t t0, int64_t t1) { supcon_forward_run(p, lse_ptr, t0, t1); });
+    at::parallel_for(0, row_tiles(zn.n), tile_grain(zn.n, zn.dp), [&](int64_t t0, int64_t t1) { supcon_forward_run(p, lse_ptr, t0, t1); });
     double sum = 0;
     int64_t rows_with_positive = 0;
     for (int64_t i = 0; i < zn.n; ++i) {
@@ -398,7 +408,7 @@ at::Tensor supcon_backward(const at::Tensor& grad_loss, const at::Tensor& z, con
       col_lse[i] = lse_ptr[i];
     }
     std::vector<T> grad(zn.rows.size(), T(0));
-    at::parallel_for(0, row_tiles(zn.n), 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, row_tiles(zn.n), tile_grain(zn.n, zn.dp), [&](int64_t t0, int64_t t1) {
       supcon_backward_run(p, lse_ptr, col_coef.data(), col_lse.data(), grad.data(), t0, t1);
     });
     grad_z = input_gradient(zn, grad, static_cast<T>(g / temperature), z);
@@ -556,7 +566,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_forward(const at::Tensor& z, const 
     const int64_t* y = labels.const_data_ptr<int64_t>();
     const PrototypeProblem<T> p{zn, pn, y, T(1.0 / temperature), exclude_positive};
     T* lse_ptr = lse.mutable_data_ptr<T>();
-    at::parallel_for(0, row_tiles(zn.n), 1,
+    at::parallel_for(0, row_tiles(zn.n), tile_grain(pn.n, zn.dp),
                      [&](int64_t t0, int64_t t1) { prototype_forward_run(p, lse_ptr, t0, t1); });
     double value = 0;
     if (!prototype_loss_is_zero(zn.n, pn.n, exclude_positive)) {
@@ -590,13 +600,14 @@ std::tuple<at::Tensor, at::Tensor> prototype_backward(const at::Tensor& grad_los
     const int64_t tiles = row_tiles(zn.n), chunks = std::min(tiles, kMaxChunks);
     const int64_t partial_size = round_up(pn.n, kColTile) * zn.dp;
     std::vector<T> gz(zn.rows.size(), T(0)), partials(chunks * partial_size, T(0));
-    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t chunk_grain = (tile_grain(pn.n, zn.dp) * chunks + tiles - 1) / tiles;
+    at::parallel_for(0, chunks, chunk_grain, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c)
         prototype_backward_run(p, lse_ptr, gz.data(), partials.data() + c * partial_size, tiles * c / chunks,
                                tiles * (c + 1) / chunks);
     });
     std::vector<T> gp(pn.rows.size(), T(0));
-    at::parallel_for(0, pn.n * zn.dp, 4096, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, pn.n * zn.dp, 1 << 16, [&](int64_t begin, int64_t end) {
       for (int64_t c = 0; c < chunks; ++c)
         for (int64_t e = begin; e < end; ++e) gp[e] += partials[c * partial_size + e];
     });

@@ -21,6 +21,10 @@ from . import _backend, _checks, reference
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
+# The backend choice is plain Python on constants (environment, imports): torch.compile runs
+# it once while tracing instead of tracing into importlib.
+_resolve = torch.compiler.assume_constant_result(_backend.resolve)
+
 
 def _accumulation_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
@@ -64,9 +68,7 @@ def _supcon_setup_context(ctx, inputs, output):
 
 def _supcon_autograd(ctx, grad_loss, _grad_lse):
     z, labels, lse = ctx.saved_tensors
-    grad_z = _supcon_backward(
-        grad_loss.contiguous(), z, labels, lse, ctx.temperature, ctx.backend
-    )
+    grad_z = _supcon_backward(grad_loss.contiguous(), z, labels, lse, ctx.temperature, ctx.backend)
     return grad_z, None, None, None
 
 
@@ -168,7 +170,7 @@ def supcon_loss(
     temperature = _validate_temperature(temperature)
     labels = _checks.index_tensor("labels", labels, z.shape[0], 2**62, "one class id per row of z")
     _checks.same_device({"z": z, "labels": labels})
-    name = _backend.resolve(backend, z.device, "supcon")
+    name = _resolve(backend, z.device, "supcon")
     if name == "reference":
         return reference.supcon_loss(z, labels, temperature)
     loss, _ = _supcon_forward(z.contiguous(), labels, temperature, name)
@@ -202,7 +204,7 @@ def prototype_loss(
         "labels", labels, z.shape[0], k, f"one prototype id in [0, {k}) per row of z"
     )
     _checks.same_device({"z": z, "prototypes": prototypes, "labels": labels})
-    name = _backend.resolve(backend, z.device, "prototype")
+    name = _resolve(backend, z.device, "prototype")
     if name == "reference":
         return reference.prototype_loss(z, prototypes, labels, temperature, exclude_positive)
     exclude_positive = bool(exclude_positive)
