@@ -1,7 +1,11 @@
-"""What is specific to the GPU backends of the contrastive losses: the Triton kernels on
-tile-boundary shapes (the interpreter runs them with 16 x 16 tiles and 16-wide D chunks),
-the launcher edge cases, and a plain-nvcc compile check of the CUDA kernels. The shared
-backend-vs-reference tests are in tests/test_contrastive.py."""
+"""What is specific to the GPU backends of the contrastive losses (the shared
+backend-vs-reference tests are in tests/test_contrastive.py):
+- Triton: the kernels on tile-boundary shapes (the interpreter runs them with 16 x 16 tiles
+  and 16-wide D chunks), low precision, launcher edge cases; every autotune config
+  compiled for sm_80 ahead of time (no GPU needed).
+- CUDA: the .cu kernels compiled with plain nvcc, and *run* on the CPU through an emulation
+  of the CUDA execution model (tests/cuda_cpu_emulator) against the reference; the torch
+  binding syntax-checked with g++ (CPU torch cannot build it)."""
 
 from __future__ import annotations
 
@@ -86,6 +90,7 @@ PROTOTYPE_SHAPES = {
     "K=2": (17, 2, 16),
     "K=tile+1": (9, 17, 20),
     "K=3 tiles": (20, 48, 4),
+    "K=600": (5, 600, 8),
     "B=1": (1, 5, 16),
 }
 
