@@ -95,6 +95,9 @@ def implements(name: str, op: str) -> bool:
     return name == "reference" or hasattr(module(name), f"{op}_forward")
 
 
+# Traced as a constant under torch.compile: its imports and environment look-ups are not
+# traceable, and its answer depends only on its arguments and this process.
+@torch.compiler.assume_constant_result
 def resolve(backend: str | None, device: torch.device, op: str) -> str:
     """The backend a call of `op` on `device` runs on."""
     asked = backend if backend is not None else os.environ.get("PHA_BACKEND") or None
