@@ -105,48 +105,72 @@ PHA_AVX512 inline void store_cols(float* p, int v, int nv, __mmask16 last, __m51
     _mm512_storeu_ps(p + 16 * v, x);
 }
 
+// The accumulators are spelled out as named variables (acc<i><v>) rather than an array:
+// GCC keeps a 24 x __m512 array in memory (too big to scalarise) and would store every
+// accumulator on each k step. Entries outside MR x NV are dead code and vanish.
+#define PHA_EACH_V(F) F(0) F(1) F(2) F(3)
+#define PHA_EACH_I(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7)
+#define PHA_EACH_IV(F)                                                                      \
+  F(0, 0) F(0, 1) F(0, 2) F(0, 3) F(1, 0) F(1, 1) F(1, 2) F(1, 3) F(2, 0) F(2, 1) F(2, 2)   \
+  F(2, 3) F(3, 0) F(3, 1) F(3, 2) F(3, 3) F(4, 0) F(4, 1) F(4, 2) F(4, 3) F(5, 0) F(5, 1)   \
+  F(5, 2) F(5, 3) F(6, 0) F(6, 1) F(6, 2) F(6, 3) F(7, 0) F(7, 1) F(7, 2) F(7, 3)
+#define PHA_LOAD_B(v) \
+  const __m512 b##v = v < NV ? load_cols(bp, v, NV, last) : _mm512_setzero_ps();
+#define PHA_FMA(i, v)                    \
+  if constexpr (i < MR && v < NV)        \
+    acc##i##v = _mm512_fmadd_ps(_mm512_set1_ps(A_AT(i)), b##v, acc##i##v);
+
 template <int MR, int NV>
 PHA_AVX512 void rows_tile(int64_t K, const float* const* a, const float* b, int64_t ldb,
                           float* const* c, int64_t coff, const float* bias, __mmask16 last) {
-  __m512 acc[MR][NV];
-  for (int v = 0; v < NV; ++v) {
-    const __m512 init = bias ? load_cols(bias, v, NV, last) : _mm512_setzero_ps();
-    for (int i = 0; i < MR; ++i) acc[i][v] = init;
-  }
-  const float* ap[MR];
-  for (int i = 0; i < MR; ++i) ap[i] = a[i];
+  static_assert(MR <= 8 && NV <= 4, "micro-tile larger than the named accumulators");
+#define PHA_INIT(v)                                    \
+  __m512 init##v = _mm512_setzero_ps();                \
+  if constexpr (v < NV)                                \
+    if (bias) init##v = load_cols(bias, v, NV, last);
+  PHA_EACH_V(PHA_INIT)
+#undef PHA_INIT
+#define PHA_DECL(i, v) __m512 acc##i##v = init##v;
+  PHA_EACH_IV(PHA_DECL)
+#undef PHA_DECL
+#define PHA_ROW(i) const float* a##i = i < MR ? a[i] : nullptr;
+  PHA_EACH_I(PHA_ROW)
+#undef PHA_ROW
   for (int64_t k = 0; k < K; ++k) {
-    const float* bk = b + k * ldb;
-    __m512 bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load_cols(bk, v, NV, last);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 av = _mm512_set1_ps(ap[i][k]);
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
-    }
+    const float* bp = b + k * ldb;
+    PHA_EACH_V(PHA_LOAD_B)
+#define A_AT(i) a##i[k]
+    PHA_EACH_IV(PHA_FMA)
+#undef A_AT
   }
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) store_cols(c[i] + coff, v, NV, last, acc[i][v]);
+#define PHA_STORE(i, v) \
+  if constexpr (i < MR && v < NV) store_cols(c[i] + coff, v, NV, last, acc##i##v);
+  PHA_EACH_IV(PHA_STORE)
+#undef PHA_STORE
 }
 
 template <int MR, int NV>
 PHA_AVX512 void cols_tile(int64_t K, const float* const* ak, int64_t aoff, const float* const* bk,
                           int64_t boff, float* c, int64_t ldc, bool accumulate, __mmask16 last) {
-  __m512 acc[MR][NV];
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v)
-      acc[i][v] = accumulate ? load_cols(c + i * ldc, v, NV, last) : _mm512_setzero_ps();
+  static_assert(MR <= 8 && NV <= 4, "micro-tile larger than the named accumulators");
+#define PHA_DECL(i, v)                                        \
+  __m512 acc##i##v = _mm512_setzero_ps();                     \
+  if constexpr (i < MR && v < NV)                             \
+    if (accumulate) acc##i##v = load_cols(c + i * ldc, v, NV, last);
+  PHA_EACH_IV(PHA_DECL)
+#undef PHA_DECL
   for (int64_t k = 0; k < K; ++k) {
     const float* ap = ak[k] + aoff;
     const float* bp = bk[k] + boff;
-    __m512 bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load_cols(bp, v, NV, last);
-    for (int i = 0; i < MR; ++i) {
-      const __m512 av = _mm512_set1_ps(ap[i]);
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
-    }
+    PHA_EACH_V(PHA_LOAD_B)
+#define A_AT(i) ap[i]
+    PHA_EACH_IV(PHA_FMA)
+#undef A_AT
   }
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) store_cols(c + i * ldc, v, NV, last, acc[i][v]);
+#define PHA_STORE(i, v) \
+  if constexpr (i < MR && v < NV) store_cols(c + i * ldc, v, NV, last, acc##i##v);
+  PHA_EACH_IV(PHA_STORE)
+#undef PHA_STORE
 }
 
 // Calls Tile<mr, NV> for a runtime mr in [1, MR] (row tails of a matrix).
