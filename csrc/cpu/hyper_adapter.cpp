@@ -103,6 +103,23 @@ inline void convert<double, double>(const double* src, double* dst, int64_t n) {
   std::copy(src, src + n, dst);
 }
 
+// Widening into / narrowing out of the accumulation type (vectorised for bf16 on AVX-512).
+template <typename scalar_t, typename acc_t>
+inline void to_acc(const GemmOps<acc_t>& ops, const scalar_t* src, acc_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    ops.widen_bf16(reinterpret_cast<const uint16_t*>(src), dst, n);
+  else
+    convert(src, dst, n);
+}
+
+template <typename scalar_t, typename acc_t>
+inline void from_acc(const GemmOps<acc_t>& ops, const acc_t* src, scalar_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    ops.narrow_bf16(src, reinterpret_cast<uint16_t*>(dst), n);
+  else
+    convert(src, dst, n);
+}
+
 // ------------------------------------------------------------------ the plan
 // Instances sorted by weight set; segment s covers positions [begin[s], begin[s+1]) of
 // `order` and uses set `set[s]`. Its token rows q = 0..rows(s)-1 map to the original row
@@ -160,12 +177,12 @@ std::vector<Tile> make_tiles(const Plan& p) {
 // A weight set in the accumulation type: the tensors themselves when the dtype matches,
 // else a widened copy in scratch (made once per set per thread, not per tile).
 template <typename scalar_t, typename acc_t>
-const acc_t* as_acc(const scalar_t* src, int64_t n, Slot slot) {
+const acc_t* as_acc(const GemmOps<acc_t>& ops, const scalar_t* src, int64_t n, Slot slot) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return src;
   } else {
     acc_t* dst = scratch<acc_t>(slot, n);
-    convert(src, dst, n);
+    to_acc(ops, src, dst, n);
     return dst;
   }
 }
@@ -188,10 +205,10 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
       const Tile& tile = tiles[t];
       const int64_t g = p.set[tile.seg], m = tile.rows;
       if (g != loaded) {
-        Wd = as_acc<scalar_t, acc_t>(wd + g * d * r, d * r, kWd);
-        Bd = as_acc<scalar_t, acc_t>(bd + g * r, r, kBd);
-        Wu = as_acc<scalar_t, acc_t>(wu + g * r * d, r * d, kWu);
-        Bu = as_acc<scalar_t, acc_t>(bu + g * d, d, kBu);
+        Wd = as_acc<scalar_t, acc_t>(ops, wd + g * d * r, d * r, kWd);
+        Bd = as_acc<scalar_t, acc_t>(ops, bd + g * r, r, kBd);
+        Wu = as_acc<scalar_t, acc_t>(ops, wu + g * r * d, r * d, kWu);
+        Bu = as_acc<scalar_t, acc_t>(ops, bu + g * d, d, kBu);
         loaded = g;
       }
       acc_t* xt = scratch<acc_t>(kX, kTileRows * d);  // widened x, later widened out
@@ -201,7 +218,7 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
         if constexpr (kSame) {
           in_rows[i] = x + orig[i] * d;
         } else {
-          convert(x + orig[i] * d, xt + i * d, d);
+          to_acc(ops, x + orig[i] * d, xt + i * d, d);
           in_rows[i] = xt + i * d;
         }
         out_rows[i] = at + i * r;
@@ -219,7 +236,7 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
       }
       ops.rows(m, d, r, in_rows.data(), Wu, d, out_rows.data(), Bu);
       if constexpr (!kSame)
-        for (int64_t i = 0; i < m; ++i) convert(xt + i * d, out + orig[i] * d, d);
+        for (int64_t i = 0; i < m; ++i) from_acc(ops, xt + i * d, out + orig[i] * d, d);
     }
   });
 }
@@ -249,8 +266,8 @@ void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const
       const Tile& tile = tiles[t];
       const int64_t g = p.set[tile.seg], m = tile.rows;
       if (g != loaded) {
-        ops.transpose(r, d, as_acc<scalar_t, acc_t>(wu + g * r * d, r * d, kCUp), d, WuT, r);
-        ops.transpose(d, r, as_acc<scalar_t, acc_t>(wd + g * d * r, d * r, kCUp), r, WdT, d);
+        ops.transpose(r, d, as_acc<scalar_t, acc_t>(ops, wu + g * r * d, r * d, kCUp), d, WuT, r);
+        ops.transpose(d, r, as_acc<scalar_t, acc_t>(ops, wd + g * d * r, d * r, kCUp), r, WdT, d);
         loaded = g;
       }
       acc_t* gt = scratch<acc_t>(kX, kTileRows * d);  // widened grad_out, later grad_x
@@ -260,7 +277,7 @@ void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const
         if constexpr (kSame) {
           in_rows[i] = gout + orig[i] * d;
         } else {
-          convert(gout + orig[i] * d, gt + i * d, d);
+          to_acc(ops, gout + orig[i] * d, gt + i * d, d);
           in_rows[i] = gt + i * d;
         }
         out_rows[i] = dh + i * r;
@@ -284,7 +301,7 @@ void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const
       }
       ops.rows(m, d, r, in_rows.data(), WdT, d, out_rows.data(), nullptr);
       if constexpr (!kSame)
-        for (int64_t i = 0; i < m; ++i) convert(gt + i * d, gx + orig[i] * d, d);
+        for (int64_t i = 0; i < m; ++i) from_acc(ops, gt + i * d, gx + orig[i] * d, d);
     }
   });
 
@@ -300,18 +317,19 @@ void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / slices, j0 = (task % slices) * kSliceCols;
       const int64_t js = std::min(kSliceCols, d - j0), g = p.set[s], n = p.rows(s);
-      // Accumulate straight into the gradients when they are acc_t, else in scratch.
-      acc_t *c_up, *c_down;
+      // grad_w_up accumulates straight into the gradient when it is acc_t, else in scratch.
+      // grad_w_down is accumulated transposed ([r, slice], r rows of 16-lane vectors over
+      // the slice: full-width tiles even for small r) and transposed into place at the end.
+      acc_t* c_up;
       int64_t ld_up;
       if constexpr (kSame) {
         c_up = gwu + g * r * d + j0;
-        c_down = gwd + g * d * r + j0 * r;
         ld_up = d;
       } else {
         c_up = scratch<acc_t>(kCUp, r * kSliceCols);
-        c_down = scratch<acc_t>(kCDown, kSliceCols * r);
         ld_up = kSliceCols;
       }
+      acc_t* c_down_t = scratch<acc_t>(kCDown, r * kSliceCols);
       std::fill(bup.begin(), bup.end(), acc_t(0));
       std::fill(bdown.begin(), bdown.end(), acc_t(0));
       for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kChunkRows) {
@@ -322,8 +340,8 @@ void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const
           acc_t* xc = gc + kChunkRows * kSliceCols;
           for (int64_t k = 0; k < kc; ++k) {
             const int64_t row = p.original_row(s, k0 + k);
-            convert(gout + row * d + j0, gc + k * kSliceCols, js);
-            convert(x + row * d + j0, xc + k * kSliceCols, js);
+            to_acc(ops, gout + row * d + j0, gc + k * kSliceCols, js);
+            to_acc(ops, x + row * d + j0, xc + k * kSliceCols, js);
             g_rows[k] = gc + k * kSliceCols;
             x_rows[k] = xc + k * kSliceCols;
           }
@@ -345,15 +363,19 @@ void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const
         }
         const bool acc = k0 > 0;
         ops.cols(r, js, kc, a_rows.data(), 0, g_rows.data(), col0, c_up, ld_up, acc);
-        ops.cols(js, r, kc, x_rows.data(), col0, p_rows.data(), 0, c_down, r, acc);
+        ops.cols(r, js, kc, p_rows.data(), 0, x_rows.data(), col0, c_down_t, kSliceCols, acc);
       }
       for (int64_t j = 0; j < js; ++j) gbu[g * d + j0 + j] = static_cast<scalar_t>(bup[j]);
       if (j0 == 0)
         for (int64_t j = 0; j < r; ++j) gbd[g * r + j] = static_cast<scalar_t>(bdown[j]);
-      if constexpr (!kSame) {
+      if constexpr (kSame) {
+        ops.transpose(r, js, c_down_t, kSliceCols, gwd + g * d * r + j0 * r, r);
+      } else {
         for (int64_t i = 0; i < r; ++i)
-          convert(c_up + i * kSliceCols, gwu + g * r * d + i * d + j0, js);
-        convert(c_down, gwd + g * d * r + j0 * r, js * r);
+          from_acc(ops, c_up + i * kSliceCols, gwu + g * r * d + i * d + j0, js);
+        acc_t* c_down = scratch<acc_t>(kCUp, kSliceCols * r);  // c_up is converted already
+        ops.transpose(r, js, c_down_t, kSliceCols, c_down, r);
+        from_acc(ops, c_down, gwd + g * d * r + j0 * r, js * r);
       }
     }
   });

@@ -13,6 +13,7 @@
 // (broadcast-FMA: MR rows x NV 16-lane vectors of accumulators), selected at run time.
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -31,6 +32,9 @@ struct GemmOps {
   // dst[j * ld_dst + i] = src[i * ld_src + j], i < rows, j < cols.
   void (*transpose)(int64_t rows, int64_t cols, const acc_t* src, int64_t ld_src, acc_t* dst,
                     int64_t ld_dst);
+  // bfloat16 (raw bits) <-> acc_t, n elements; narrowing rounds to nearest even.
+  void (*widen_bf16)(const uint16_t* src, acc_t* dst, int64_t n);
+  void (*narrow_bf16)(const acc_t* src, uint16_t* dst, int64_t n);
 };
 
 // ---------------------------------------------------------------- portable versions
@@ -76,8 +80,19 @@ void transpose_generic(int64_t rows, int64_t cols, const acc_t* src, int64_t ld_
 }
 
 template <typename acc_t>
+void widen_bf16_generic(const uint16_t* src, acc_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(float(c10::BFloat16(src[i], c10::BFloat16::from_bits())));
+}
+
+template <typename acc_t>
+void narrow_bf16_generic(const acc_t* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = c10::BFloat16(static_cast<float>(src[i])).x;
+}
+
+template <typename acc_t>
 GemmOps<acc_t> generic_ops() {
-  return {&rows_generic<acc_t>, &cols_generic<acc_t>, &transpose_generic<acc_t>};
+  return {&rows_generic<acc_t>, &cols_generic<acc_t>, &transpose_generic<acc_t>,
+          &widen_bf16_generic<acc_t>, &narrow_bf16_generic<acc_t>};
 }
 
 // ---------------------------------------------------------------- AVX-512 (fp32)
@@ -281,6 +296,24 @@ PHA_AVX512 inline void transpose_avx512(int64_t rows, int64_t cols, const float*
     for (int64_t j = (i < rows16 ? cols16 : 0); j < cols; ++j) dst[j * ld_dst + i] = src[i * ld_src + j];
 }
 
-inline GemmOps<float> avx512_ops() { return {&rows_avx512, &cols_avx512, &transpose_avx512}; }
+PHA_AVX512 inline void widen_bf16_avx512(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512i bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i));
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)));
+  }
+}
+
+PHA_AVX512 inline void narrow_bf16_avx512(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
+    _mm256_mask_storeu_epi16(dst + i, m, reinterpret_cast<const __m256i&>(h));
+  }
+}
+
+inline GemmOps<float> avx512_ops() {
+  return {&rows_avx512, &cols_avx512, &transpose_avx512, &widen_bf16_avx512, &narrow_bf16_avx512};
+}
 
 }  // namespace pha_cpu
