@@ -498,13 +498,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hyper_ada
               hidden.scalar_type());
   const Act act = parse_activation(std::string(activation));
   at::Tensor gx = at::empty_like(x);
-  // Sets no instance uses get a zero gradient; the others are fully overwritten.
-  const bool has_unused = index.has_value();
-  at::Tensor gwd = has_unused ? at::zeros_like(w_down) : at::empty_like(w_down);
-  at::Tensor gwu = has_unused ? at::zeros_like(w_up) : at::empty_like(w_up);
-  at::Tensor gbd = has_unused ? at::zeros({n.G, n.r}, x.options()) : at::empty({n.G, n.r}, x.options());
-  at::Tensor gbu = has_unused ? at::zeros({n.G, n.d}, x.options()) : at::empty({n.G, n.d}, x.options());
+  at::Tensor gwd = at::empty_like(w_down), gwu = at::empty_like(w_up);
+  at::Tensor gbd = at::empty({n.G, n.r}, x.options()), gbu = at::empty({n.G, n.d}, x.options());
   const Plan plan = make_plan(n.B, n.T, n.d, n.r, n.G, index);
+  // Sets no instance uses get a zero gradient; every other set is fully overwritten.
+  std::vector<bool> used(n.G, false);
+  for (int64_t g : plan.set) used[g] = true;
+  for (int64_t g = 0; g < n.G; ++g)
+    if (!used[g])
+      for (at::Tensor* t : {&gwd, &gwu, &gbd, &gbu}) (*t)[g].zero_();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "hyper_adapter_backward", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const GemmOps<acc_t> ops = select_ops<acc_t>();
