@@ -16,7 +16,9 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -243,142 +245,183 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
 
 // ------------------------------------------------------------------ backward
 template <typename scalar_t, typename acc_t>
-void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const scalar_t* wd,
-                   const scalar_t* wu, const float* hidden, scalar_t* gx, scalar_t* gwd,
-                   scalar_t* gbd, scalar_t* gwu, scalar_t* gbu, Act act,
-                   const GemmOps<acc_t>& ops) {
-  constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
-  const int64_t d = p.d, r = p.r;
-  // act(H) and dP for every token row in segment order (r-wide: small next to x).
-  acc_t* act_buf = scratch<acc_t>(kActBuf, p.B * p.T * r);
-  acc_t* dpre_buf = scratch<acc_t>(kDpreBuf, p.B * p.T * r);
+struct Backward {
+  static constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
+  const Plan& p;
+  const scalar_t *gout, *x, *wd, *wu;
+  const float* hidden;
+  scalar_t *gx, *gwd, *gbd, *gwu, *gbu;
+  Act act;
+  const GemmOps<acc_t>& ops;
+  acc_t* act_buf;   // act(H) of every token row, in segment order [B*T, r]
+  acc_t* dpre_buf;  // dP, likewise
 
-  // Phase 1: per token tile, dH = G Wu^T, dP = dH * act'(H), grad_x = dP Wd^T.
-  const std::vector<Tile> tiles = make_tiles(p);
-  at::parallel_for(0, int64_t(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-    int64_t loaded = -1;
+  // Phase 1 for one token tile: dH = G Wu^T, dP = dH * act'(H), grad_x = dP Wd^T.
+  // `loaded` is the set whose transposed weights this thread holds in scratch.
+  void tile(const Tile& tile, int64_t& loaded) const {
+    const int64_t d = p.d, r = p.r, g = p.set[tile.seg], m = tile.rows;
     acc_t* WuT = scratch<acc_t>(kWu, d * r);  // [d, r]
     acc_t* WdT = scratch<acc_t>(kWd, r * d);  // [r, d]
+    if (g != loaded) {
+      ops.transpose(r, d, as_acc<scalar_t, acc_t>(ops, wu + g * r * d, r * d, kCUp), d, WuT, r);
+      ops.transpose(d, r, as_acc<scalar_t, acc_t>(ops, wd + g * d * r, d * r, kCUp), r, WdT, d);
+      loaded = g;
+    }
     std::array<const acc_t*, kTileRows> in_rows;
     std::array<acc_t*, kTileRows> out_rows;
     std::array<int64_t, kTileRows> orig;
-    for (int64_t t = begin; t < end; ++t) {
-      const Tile& tile = tiles[t];
-      const int64_t g = p.set[tile.seg], m = tile.rows;
-      if (g != loaded) {
-        ops.transpose(r, d, as_acc<scalar_t, acc_t>(ops, wu + g * r * d, r * d, kCUp), d, WuT, r);
-        ops.transpose(d, r, as_acc<scalar_t, acc_t>(ops, wd + g * d * r, d * r, kCUp), r, WdT, d);
-        loaded = g;
+    acc_t* gt = scratch<acc_t>(kX, kTileRows * d);  // widened grad_out, later grad_x
+    acc_t* dh = scratch<acc_t>(kA, kTileRows * r);
+    for (int64_t i = 0; i < m; ++i) {
+      orig[i] = p.original_row(tile.seg, tile.q0 + i);
+      if constexpr (kSame) {
+        in_rows[i] = gout + orig[i] * d;
+      } else {
+        to_acc(ops, gout + orig[i] * d, gt + i * d, d);
+        in_rows[i] = gt + i * d;
       }
-      acc_t* gt = scratch<acc_t>(kX, kTileRows * d);  // widened grad_out, later grad_x
-      acc_t* dh = scratch<acc_t>(kA, kTileRows * r);
-      for (int64_t i = 0; i < m; ++i) {
-        orig[i] = p.original_row(tile.seg, tile.q0 + i);
-        if constexpr (kSame) {
-          in_rows[i] = gout + orig[i] * d;
-        } else {
-          to_acc(ops, gout + orig[i] * d, gt + i * d, d);
-          in_rows[i] = gt + i * d;
-        }
-        out_rows[i] = dh + i * r;
-      }
-      ops.rows(m, r, d, in_rows.data(), WuT, r, out_rows.data(), nullptr);
-      const int64_t p0 = p.sorted_row(tile.seg, tile.q0);
-      for (int64_t i = 0; i < m; ++i) {
-        const float* h = hidden + orig[i] * r;
-        acc_t* a = act_buf + (p0 + i) * r;
-        acc_t* dp = dpre_buf + (p0 + i) * r;
-        for (int64_t j = 0; j < r; ++j) {
-          const acc_t hj = static_cast<acc_t>(h[j]);
-          a[j] = activate(hj, act);
-          dp[j] = dh[i * r + j] * activate_grad(hj, act);
-        }
-        in_rows[i] = dp;
-        if constexpr (kSame)
-          out_rows[i] = gx + orig[i] * d;
-        else
-          out_rows[i] = gt + i * d;
-      }
-      ops.rows(m, d, r, in_rows.data(), WdT, d, out_rows.data(), nullptr);
-      if constexpr (!kSame)
-        for (int64_t i = 0; i < m; ++i) from_acc(ops, gt + i * d, gx + orig[i] * d, d);
+      out_rows[i] = dh + i * r;
     }
-  });
+    ops.rows(m, r, d, in_rows.data(), WuT, r, out_rows.data(), nullptr);
+    const int64_t p0 = p.sorted_row(tile.seg, tile.q0);
+    for (int64_t i = 0; i < m; ++i) {
+      const float* h = hidden + orig[i] * r;
+      acc_t* a = act_buf + (p0 + i) * r;
+      acc_t* dp = dpre_buf + (p0 + i) * r;
+      for (int64_t j = 0; j < r; ++j) {
+        const acc_t hj = static_cast<acc_t>(h[j]);
+        a[j] = activate(hj, act);
+        dp[j] = dh[i * r + j] * activate_grad(hj, act);
+      }
+      in_rows[i] = dp;
+      if constexpr (kSame)
+        out_rows[i] = gx + orig[i] * d;
+      else
+        out_rows[i] = gt + i * d;
+    }
+    ops.rows(m, d, r, in_rows.data(), WdT, d, out_rows.data(), nullptr);
+    if constexpr (!kSame)
+      for (int64_t i = 0; i < m; ++i) from_acc(ops, gt + i * d, gx + orig[i] * d, d);
+  }
 
-  // Phase 2: each task owns columns [j0, j0 + js) of d of one set's gradients.
-  const int64_t slices = std::max<int64_t>(1, (d + kSliceCols - 1) / kSliceCols);
-  const int64_t num_tasks = p.num_segments() * slices;
-  at::parallel_for(0, num_tasks, 1, [&](int64_t begin, int64_t end) {
+  // Phase 2 for columns [j0, j0 + js) of d of segment s's set: grad_w_up = A^T G,
+  // grad_w_down = X^T dP, grad_b_up (and, for j0 = 0, grad_b_down). The caller owns
+  // this slice of the set's gradients: no other task writes it.
+  void weight_slice(int64_t s, int64_t j0) const {
+    const int64_t d = p.d, r = p.r, g = p.set[s], n = p.rows(s);
+    const int64_t js = std::min(kSliceCols, d - j0);
     auto& a_rows = pointer_table<const acc_t*>(0, kChunkRows);  // act(H) rows
     auto& g_rows = pointer_table<const acc_t*>(1, kChunkRows);  // grad_out rows
     auto& x_rows = pointer_table<const acc_t*>(2, kChunkRows);  // x rows
     auto& p_rows = pointer_table<const acc_t*>(3, kChunkRows);  // dP rows
-    std::vector<acc_t> bup(kSliceCols), bdown(r);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / slices, j0 = (task % slices) * kSliceCols;
-      const int64_t js = std::min(kSliceCols, d - j0), g = p.set[s], n = p.rows(s);
-      // grad_w_up accumulates straight into the gradient when it is acc_t, else in scratch.
-      // grad_w_down is accumulated transposed ([r, slice], r rows of 16-lane vectors over
-      // the slice: full-width tiles even for small r) and transposed into place at the end.
-      acc_t* c_up;
-      int64_t ld_up;
-      if constexpr (kSame) {
-        c_up = gwu + g * r * d + j0;
-        ld_up = d;
-      } else {
-        c_up = scratch<acc_t>(kCUp, r * kSliceCols);
-        ld_up = kSliceCols;
-      }
-      acc_t* c_down_t = scratch<acc_t>(kCDown, r * kSliceCols);
-      std::fill(bup.begin(), bup.end(), acc_t(0));
-      std::fill(bdown.begin(), bdown.end(), acc_t(0));
-      for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kChunkRows) {
-        const int64_t kc = std::min(kChunkRows, n - k0);
-        int64_t col0 = j0;  // where slice column 0 sits in a g/x row
-        if constexpr (!kSame) {
-          acc_t* gc = scratch<acc_t>(kX, 2 * kChunkRows * kSliceCols);
-          acc_t* xc = gc + kChunkRows * kSliceCols;
-          for (int64_t k = 0; k < kc; ++k) {
-            const int64_t row = p.original_row(s, k0 + k);
-            to_acc(ops, gout + row * d + j0, gc + k * kSliceCols, js);
-            to_acc(ops, x + row * d + j0, xc + k * kSliceCols, js);
-            g_rows[k] = gc + k * kSliceCols;
-            x_rows[k] = xc + k * kSliceCols;
-          }
-          col0 = 0;
-        } else {
-          for (int64_t k = 0; k < kc; ++k) {
-            const int64_t row = p.original_row(s, k0 + k);
-            g_rows[k] = gout + row * d;
-            x_rows[k] = x + row * d;
-          }
-        }
-        for (int64_t k = 0; k < kc; ++k) {
-          const int64_t sorted = p.sorted_row(s, k0 + k);
-          a_rows[k] = act_buf + sorted * r;
-          p_rows[k] = dpre_buf + sorted * r;
-          for (int64_t j = 0; j < js; ++j) bup[j] += g_rows[k][col0 + j];
-          if (j0 == 0)
-            for (int64_t j = 0; j < r; ++j) bdown[j] += p_rows[k][j];
-        }
-        const bool acc = k0 > 0;
-        ops.cols(r, js, kc, a_rows.data(), 0, g_rows.data(), col0, c_up, ld_up, acc);
-        ops.cols(r, js, kc, p_rows.data(), 0, x_rows.data(), col0, c_down_t, kSliceCols, acc);
-      }
-      for (int64_t j = 0; j < js; ++j) gbu[g * d + j0 + j] = static_cast<scalar_t>(bup[j]);
-      if (j0 == 0)
-        for (int64_t j = 0; j < r; ++j) gbd[g * r + j] = static_cast<scalar_t>(bdown[j]);
-      if constexpr (kSame) {
-        ops.transpose(r, js, c_down_t, kSliceCols, gwd + g * d * r + j0 * r, r);
-      } else {
-        for (int64_t i = 0; i < r; ++i)
-          from_acc(ops, c_up + i * kSliceCols, gwu + g * r * d + i * d + j0, js);
-        acc_t* c_down = scratch<acc_t>(kCUp, kSliceCols * r);  // c_up is converted already
-        ops.transpose(r, js, c_down_t, kSliceCols, c_down, r);
-        from_acc(ops, c_down, gwd + g * d * r + j0 * r, js * r);
-      }
+    acc_t* bup = scratch<acc_t>(kBu, kSliceCols);
+    acc_t* bdown = scratch<acc_t>(kBd, r);
+    std::fill(bup, bup + js, acc_t(0));
+    std::fill(bdown, bdown + r, acc_t(0));
+    // grad_w_up accumulates straight into the gradient when it is acc_t, else in scratch.
+    // grad_w_down is accumulated transposed ([r, slice], r rows of 16-lane vectors over
+    // the slice: full-width tiles even for small r) and transposed into place at the end.
+    acc_t* c_up;
+    int64_t ld_up;
+    if constexpr (kSame) {
+      c_up = gwu + g * r * d + j0;
+      ld_up = d;
+    } else {
+      c_up = scratch<acc_t>(kCUp, r * kSliceCols);
+      ld_up = kSliceCols;
     }
-  });
+    acc_t* c_down_t = scratch<acc_t>(kCDown, r * kSliceCols);
+    for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kChunkRows) {
+      const int64_t kc = std::min(kChunkRows, n - k0);
+      int64_t col0 = j0;  // where slice column 0 sits in a g/x row
+      if constexpr (!kSame) {
+        acc_t* gc = scratch<acc_t>(kX, 2 * kChunkRows * kSliceCols);
+        acc_t* xc = gc + kChunkRows * kSliceCols;
+        for (int64_t k = 0; k < kc; ++k) {
+          const int64_t row = p.original_row(s, k0 + k);
+          to_acc(ops, gout + row * d + j0, gc + k * kSliceCols, js);
+          to_acc(ops, x + row * d + j0, xc + k * kSliceCols, js);
+          g_rows[k] = gc + k * kSliceCols;
+          x_rows[k] = xc + k * kSliceCols;
+        }
+        col0 = 0;
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          const int64_t row = p.original_row(s, k0 + k);
+          g_rows[k] = gout + row * d;
+          x_rows[k] = x + row * d;
+        }
+      }
+      for (int64_t k = 0; k < kc; ++k) {
+        const int64_t sorted = p.sorted_row(s, k0 + k);
+        a_rows[k] = act_buf + sorted * r;
+        p_rows[k] = dpre_buf + sorted * r;
+        for (int64_t j = 0; j < js; ++j) bup[j] += g_rows[k][col0 + j];
+        if (j0 == 0)
+          for (int64_t j = 0; j < r; ++j) bdown[j] += p_rows[k][j];
+      }
+      const bool acc = k0 > 0;
+      ops.cols(r, js, kc, a_rows.data(), 0, g_rows.data(), col0, c_up, ld_up, acc);
+      ops.cols(r, js, kc, p_rows.data(), 0, x_rows.data(), col0, c_down_t, kSliceCols, acc);
+    }
+    for (int64_t j = 0; j < js; ++j) gbu[g * d + j0 + j] = static_cast<scalar_t>(bup[j]);
+    if (j0 == 0)
+      for (int64_t j = 0; j < r; ++j) gbd[g * r + j] = static_cast<scalar_t>(bdown[j]);
+    if constexpr (kSame) {
+      ops.transpose(r, js, c_down_t, kSliceCols, gwd + g * d * r + j0 * r, r);
+    } else {
+      for (int64_t i = 0; i < r; ++i)
+        from_acc(ops, c_up + i * kSliceCols, gwu + g * r * d + i * d + j0, js);
+      acc_t* c_down = scratch<acc_t>(kCUp, kSliceCols * r);  // c_up is converted already
+      ops.transpose(r, js, c_down_t, kSliceCols, c_down, r);
+      from_acc(ops, c_down, gwd + g * d * r + j0 * r, js * r);
+    }
+  }
+
+  int64_t slices() const { return std::max<int64_t>(1, (p.d + kSliceCols - 1) / kSliceCols); }
+
+  void run() const {
+    const int64_t threads = at::get_num_threads(), nseg = p.num_segments();
+    if (nseg >= 2 * threads) {
+      // Enough sets to go round: each thread owns whole segments (largest first, handed
+      // out dynamically), so a segment's G and X are still in cache for its weight grads.
+      std::vector<int64_t> by_size(nseg);
+      for (int64_t s = 0; s < nseg; ++s) by_size[s] = s;
+      std::stable_sort(by_size.begin(), by_size.end(),
+                       [&](int64_t a, int64_t b) { return p.rows(a) > p.rows(b); });
+      std::atomic<int64_t> next{0};
+      at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+        int64_t loaded = -1;
+        for (int64_t i = next++; i < nseg; i = next++) {
+          const int64_t s = by_size[i];
+          for (int64_t q0 = 0; q0 < p.rows(s); q0 += kTileRows)
+            tile({s, q0, std::min(kTileRows, p.rows(s) - q0)}, loaded);
+          for (int64_t c = 0; c < slices(); ++c) weight_slice(s, c * kSliceCols);
+        }
+      });
+      return;
+    }
+    // Few (possibly large) segments: token tiles first, then (set, column slice) tasks.
+    const std::vector<Tile> tiles = make_tiles(p);
+    at::parallel_for(0, int64_t(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+      int64_t loaded = -1;
+      for (int64_t t = begin; t < end; ++t) tile(tiles[t], loaded);
+    });
+    at::parallel_for(0, nseg * slices(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) weight_slice(t / slices(), (t % slices()) * kSliceCols);
+    });
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const scalar_t* wd,
+                   const scalar_t* wu, const float* hidden, scalar_t* gx, scalar_t* gwd,
+                   scalar_t* gbd, scalar_t* gwu, scalar_t* gbu, Act act,
+                   const GemmOps<acc_t>& ops) {
+  const int64_t rows_r = p.B * p.T * p.r;
+  Backward<scalar_t, acc_t>{p,   gout, x,   wd,  wu,  hidden, gx, gwd, gbd, gwu, gbu, act, ops,
+                            scratch<acc_t>(kActBuf, rows_r), scratch<acc_t>(kDpreBuf, rows_r)}
+      .run();
 }
 
 // ------------------------------------------------------------------ validation
