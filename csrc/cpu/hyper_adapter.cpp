@@ -78,7 +78,10 @@ inline T activate_grad(T h, Act act) {
 
 // ------------------------------------------------------------------ scratch
 // Grow-only thread-local buffers: no allocation per call once warm.
-enum Slot { kX, kA, kWd, kWu, kBd, kBu, kCUp, kCDown, kActBuf, kDpreBuf, kNumSlots };
+enum Slot {
+  kX, kA, kWd, kWu, kBd, kBu, kCUp, kCDown, kGx, kXt, kGradUp, kGradDownT, kActBuf, kDpreBuf,
+  kNumSlots
+};
 
 template <typename T>
 T* scratch(Slot slot, size_t n) {
@@ -258,7 +261,7 @@ struct Backward {
 
   // Phase 1 for one token tile: dH = G Wu^T, dP = dH * act'(H), grad_x = dP Wd^T.
   // `loaded` is the set whose transposed weights this thread holds in scratch.
-  void tile(const Tile& tile, int64_t& loaded) const {
+  void tile(const Tile& tile, int64_t& loaded, std::array<int64_t, kTileRows>& orig) const {
     const int64_t d = p.d, r = p.r, g = p.set[tile.seg], m = tile.rows;
     acc_t* WuT = scratch<acc_t>(kWu, d * r);  // [d, r]
     acc_t* WdT = scratch<acc_t>(kWd, r * d);  // [r, d]
@@ -269,8 +272,8 @@ struct Backward {
     }
     std::array<const acc_t*, kTileRows> in_rows;
     std::array<acc_t*, kTileRows> out_rows;
-    std::array<int64_t, kTileRows> orig;
-    acc_t* gt = scratch<acc_t>(kX, kTileRows * d);  // widened grad_out, later grad_x
+    acc_t* gt = scratch<acc_t>(kX, kTileRows * d);   // widened grad_out
+    acc_t* gxt = scratch<acc_t>(kGx, kTileRows * d);  // grad_x before narrowing
     acc_t* dh = scratch<acc_t>(kA, kTileRows * r);
     for (int64_t i = 0; i < m; ++i) {
       orig[i] = p.original_row(tile.seg, tile.q0 + i);
@@ -297,11 +300,75 @@ struct Backward {
       if constexpr (kSame)
         out_rows[i] = gx + orig[i] * d;
       else
-        out_rows[i] = gt + i * d;
+        out_rows[i] = gxt + i * d;
     }
     ops.rows(m, d, r, in_rows.data(), WdT, d, out_rows.data(), nullptr);
     if constexpr (!kSame)
-      for (int64_t i = 0; i < m; ++i) from_acc(ops, gt + i * d, gx + orig[i] * d, d);
+      for (int64_t i = 0; i < m; ++i) from_acc(ops, gxt + i * d, gx + orig[i] * d, d);
+  }
+
+  // Owner mode, right after tile(): adds this tile's share to its set's weight gradients
+  // while its G and X rows are still in cache (the first tile of a segment overwrites).
+  // grad_w_down is accumulated transposed, [r, d], as in weight_slice.
+  void weight_tile(const Tile& tile, const std::array<int64_t, kTileRows>& orig) const {
+    const int64_t d = p.d, r = p.r, g = p.set[tile.seg], m = tile.rows;
+    const bool first = tile.q0 == 0;
+    std::array<const acc_t*, kTileRows> a_rows, g_rows, x_rows, p_rows;
+    const acc_t* gt = scratch<acc_t>(kX, kTileRows * d);  // tile() widened G there
+    acc_t* xt = scratch<acc_t>(kXt, kTileRows * d);
+    acc_t* bup = scratch<acc_t>(kBu, d);
+    acc_t* bdown = scratch<acc_t>(kBd, r);
+    if (first) {
+      std::fill(bup, bup + d, acc_t(0));
+      std::fill(bdown, bdown + r, acc_t(0));
+    }
+    const int64_t p0 = p.sorted_row(tile.seg, tile.q0);
+    for (int64_t i = 0; i < m; ++i) {
+      if constexpr (kSame) {
+        g_rows[i] = gout + orig[i] * d;
+        x_rows[i] = x + orig[i] * d;
+      } else {
+        g_rows[i] = gt + i * d;
+        to_acc(ops, x + orig[i] * d, xt + i * d, d);
+        x_rows[i] = xt + i * d;
+      }
+      a_rows[i] = act_buf + (p0 + i) * r;
+      p_rows[i] = dpre_buf + (p0 + i) * r;
+      for (int64_t j = 0; j < d; ++j) bup[j] += g_rows[i][j];
+      for (int64_t j = 0; j < r; ++j) bdown[j] += p_rows[i][j];
+    }
+    acc_t* c_up;
+    if constexpr (kSame)
+      c_up = gwu + g * r * d;
+    else
+      c_up = scratch<acc_t>(kGradUp, r * d);
+    acc_t* c_down_t = scratch<acc_t>(kGradDownT, r * d);
+    ops.cols(r, d, m, a_rows.data(), 0, g_rows.data(), 0, c_up, d, !first);
+    ops.cols(r, d, m, p_rows.data(), 0, x_rows.data(), 0, c_down_t, d, !first);
+  }
+
+  // Owner mode, after the last tile of segment s: gradients into place.
+  void finish_segment(int64_t s) const {
+    const int64_t d = p.d, r = p.r, g = p.set[s];
+    const acc_t* bup = scratch<acc_t>(kBu, d);
+    const acc_t* bdown = scratch<acc_t>(kBd, r);
+    if (p.rows(s) == 0) {  // T == 0: no tile ran
+      for (scalar_t* t : {gwu + g * r * d, gwd + g * d * r}) std::fill(t, t + r * d, scalar_t(0));
+      std::fill(gbu + g * d, gbu + g * d + d, scalar_t(0));
+      std::fill(gbd + g * r, gbd + g * r + r, scalar_t(0));
+      return;
+    }
+    for (int64_t j = 0; j < d; ++j) gbu[g * d + j] = static_cast<scalar_t>(bup[j]);
+    for (int64_t j = 0; j < r; ++j) gbd[g * r + j] = static_cast<scalar_t>(bdown[j]);
+    const acc_t* c_down_t = scratch<acc_t>(kGradDownT, r * d);
+    if constexpr (kSame) {
+      ops.transpose(r, d, c_down_t, d, gwd + g * d * r, r);
+    } else {
+      from_acc(ops, scratch<acc_t>(kGradUp, r * d), gwu + g * r * d, r * d);
+      acc_t* c_down = scratch<acc_t>(kXt, d * r);
+      ops.transpose(r, d, c_down_t, d, c_down, r);
+      from_acc(ops, c_down, gwd + g * d * r, d * r);
+    }
   }
 
   // Phase 2 for columns [j0, j0 + js) of d of segment s's set: grad_w_up = A^T G,
@@ -384,7 +451,7 @@ struct Backward {
     const int64_t threads = at::get_num_threads(), nseg = p.num_segments();
     if (nseg >= 2 * threads) {
       // Enough sets to go round: each thread owns whole segments (largest first, handed
-      // out dynamically), so a segment's G and X are still in cache for its weight grads.
+      // out dynamically) and adds each tile's weight gradients while G and X are in cache.
       std::vector<int64_t> by_size(nseg);
       for (int64_t s = 0; s < nseg; ++s) by_size[s] = s;
       std::stable_sort(by_size.begin(), by_size.end(),
@@ -392,11 +459,15 @@ struct Backward {
       std::atomic<int64_t> next{0};
       at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
         int64_t loaded = -1;
+        std::array<int64_t, kTileRows> orig;
         for (int64_t i = next++; i < nseg; i = next++) {
           const int64_t s = by_size[i];
-          for (int64_t q0 = 0; q0 < p.rows(s); q0 += kTileRows)
-            tile({s, q0, std::min(kTileRows, p.rows(s) - q0)}, loaded);
-          for (int64_t c = 0; c < slices(); ++c) weight_slice(s, c * kSliceCols);
+          for (int64_t q0 = 0; q0 < p.rows(s); q0 += kTileRows) {
+            const Tile t{s, q0, std::min(kTileRows, p.rows(s) - q0)};
+            tile(t, loaded, orig);
+            weight_tile(t, orig);
+          }
+          finish_segment(s);
         }
       });
       return;
@@ -405,7 +476,8 @@ struct Backward {
     const std::vector<Tile> tiles = make_tiles(p);
     at::parallel_for(0, int64_t(tiles.size()), 1, [&](int64_t begin, int64_t end) {
       int64_t loaded = -1;
-      for (int64_t t = begin; t < end; ++t) tile(tiles[t], loaded);
+      std::array<int64_t, kTileRows> orig;
+      for (int64_t t = begin; t < end; ++t) tile(tiles[t], loaded, orig);
     });
     at::parallel_for(0, nseg * slices(), 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) weight_slice(t / slices(), (t % slices()) * kSliceCols);
