@@ -179,6 +179,19 @@ std::vector<Tile> make_tiles(const Plan& p) {
   return tiles;
 }
 
+// Runs tasks [0, n), handing them out one at a time: a thread that is descheduled (a
+// shared machine) or draws bigger tasks does not hold the others up. make_worker() runs
+// once per thread and returns the callable (holding that thread's state) for one task.
+template <typename MakeWorker>
+void parallel_dynamic(int64_t n, const MakeWorker& make_worker) {
+  std::atomic<int64_t> next{0};
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    auto worker = make_worker();
+    for (int64_t t = next++; t < n; t = next++) worker(t);
+  });
+}
+
 // A weight set in the accumulation type: the tensors themselves when the dtype matches,
 // else a widened copy in scratch (made once per set per thread, not per tile).
 template <typename scalar_t, typename acc_t>
@@ -200,13 +213,12 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
   constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
   const int64_t d = p.d, r = p.r;
   const std::vector<Tile> tiles = make_tiles(p);
-  at::parallel_for(0, int64_t(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-    int64_t loaded = -1;
-    const acc_t *Wd = nullptr, *Bd = nullptr, *Wu = nullptr, *Bu = nullptr;
-    std::array<const acc_t*, kTileRows> in_rows;
-    std::array<acc_t*, kTileRows> out_rows;
-    std::array<int64_t, kTileRows> orig;
-    for (int64_t t = begin; t < end; ++t) {
+  parallel_dynamic(int64_t(tiles.size()), [&] {
+    return [&, loaded = int64_t(-1), Wd = (const acc_t*)nullptr, Bd = (const acc_t*)nullptr,
+            Wu = (const acc_t*)nullptr, Bu = (const acc_t*)nullptr](int64_t t) mutable {
+      std::array<const acc_t*, kTileRows> in_rows;
+      std::array<acc_t*, kTileRows> out_rows;
+      std::array<int64_t, kTileRows> orig;
       const Tile& tile = tiles[t];
       const int64_t g = p.set[tile.seg], m = tile.rows;
       if (g != loaded) {
@@ -242,7 +254,7 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
       ops.rows(m, d, r, in_rows.data(), Wu, d, out_rows.data(), Bu);
       if constexpr (!kSame)
         for (int64_t i = 0; i < m; ++i) from_acc(ops, xt + i * d, out + orig[i] * d, d);
-    }
+    };
   });
 }
 
@@ -456,11 +468,9 @@ struct Backward {
       for (int64_t s = 0; s < nseg; ++s) by_size[s] = s;
       std::stable_sort(by_size.begin(), by_size.end(),
                        [&](int64_t a, int64_t b) { return p.rows(a) > p.rows(b); });
-      std::atomic<int64_t> next{0};
-      at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-        int64_t loaded = -1;
-        std::array<int64_t, kTileRows> orig;
-        for (int64_t i = next++; i < nseg; i = next++) {
+      parallel_dynamic(nseg, [&] {
+        return [&, loaded = int64_t(-1)](int64_t i) mutable {
+          std::array<int64_t, kTileRows> orig;
           const int64_t s = by_size[i];
           for (int64_t q0 = 0; q0 < p.rows(s); q0 += kTileRows) {
             const Tile t{s, q0, std::min(kTileRows, p.rows(s) - q0)};
@@ -468,19 +478,20 @@ struct Backward {
             weight_tile(t, orig);
           }
           finish_segment(s);
-        }
+        };
       });
       return;
     }
     // Few (possibly large) segments: token tiles first, then (set, column slice) tasks.
     const std::vector<Tile> tiles = make_tiles(p);
-    at::parallel_for(0, int64_t(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-      int64_t loaded = -1;
-      std::array<int64_t, kTileRows> orig;
-      for (int64_t t = begin; t < end; ++t) tile(tiles[t], loaded, orig);
+    parallel_dynamic(int64_t(tiles.size()), [&] {
+      return [&, loaded = int64_t(-1)](int64_t t) mutable {
+        std::array<int64_t, kTileRows> orig;
+        tile(tiles[t], loaded, orig);
+      };
     });
-    at::parallel_for(0, nseg * slices(), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) weight_slice(t / slices(), (t % slices()) * kSliceCols);
+    parallel_dynamic(nseg * slices(), [&] {
+      return [&](int64_t t) { weight_slice(t / slices(), (t % slices()) * kSliceCols); };
     });
   }
 };
