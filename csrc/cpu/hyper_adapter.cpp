@@ -76,6 +76,41 @@ inline T activate_grad(T h, Act act) {
   }
 }
 
+// Whole rows with the activation fixed at compile time (relu/identity loops vectorise).
+template <Act A, typename T>
+void activate_row_as(T* h, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) h[j] = activate(h[j], A);
+}
+
+template <typename T>
+void activate_row(T* h, int64_t n, Act act) {  // in place: h <- act(h)
+  switch (act) {
+    case Act::Relu: return activate_row_as<Act::Relu>(h, n);
+    case Act::Gelu: return activate_row_as<Act::Gelu>(h, n);
+    case Act::Silu: return activate_row_as<Act::Silu>(h, n);
+    default: return;
+  }
+}
+
+template <Act A, typename T>
+void activate_and_grad_row_as(const float* h, const T* dh, T* a, T* dp, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T hj = static_cast<T>(h[j]);
+    a[j] = activate(hj, A);
+    dp[j] = dh[j] * activate_grad(hj, A);
+  }
+}
+
+template <typename T>  // a <- act(h), dp <- dh * act'(h)
+void activate_and_grad_row(const float* h, const T* dh, T* a, T* dp, int64_t n, Act act) {
+  switch (act) {
+    case Act::Relu: return activate_and_grad_row_as<Act::Relu>(h, dh, a, dp, n);
+    case Act::Gelu: return activate_and_grad_row_as<Act::Gelu>(h, dh, a, dp, n);
+    case Act::Silu: return activate_and_grad_row_as<Act::Silu>(h, dh, a, dp, n);
+    default: return activate_and_grad_row_as<Act::Identity>(h, dh, a, dp, n);
+  }
+}
+
 // ------------------------------------------------------------------ scratch
 // Grow-only thread-local buffers: no allocation per call once warm.
 enum Slot {
@@ -244,7 +279,7 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
       for (int64_t i = 0; i < m; ++i) {
         acc_t* h = at + i * r;
         if (hidden) convert(h, hidden + orig[i] * r, r);
-        for (int64_t j = 0; j < r; ++j) h[j] = activate(h[j], act);
+        activate_row(h, r, act);
         in_rows[i] = h;
         if constexpr (kSame)
           out_rows[i] = out + orig[i] * d;
@@ -303,11 +338,7 @@ struct Backward {
       const float* h = hidden + orig[i] * r;
       acc_t* a = act_buf + (p0 + i) * r;
       acc_t* dp = dpre_buf + (p0 + i) * r;
-      for (int64_t j = 0; j < r; ++j) {
-        const acc_t hj = static_cast<acc_t>(h[j]);
-        a[j] = activate(hj, act);
-        dp[j] = dh[i * r + j] * activate_grad(hj, act);
-      }
+      activate_and_grad_row(h, dh + i * r, a, dp, r, act);
       in_rows[i] = dp;
       if constexpr (kSame)
         out_rows[i] = gx + orig[i] * d;
