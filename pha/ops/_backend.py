@@ -102,6 +102,9 @@ def implements(name: str, op: str) -> bool:
     return name == "reference" or hasattr(module(name), f"{op}_forward")
 
 
+# Traced as a constant under torch.compile: its imports and environment look-ups are not
+# traceable, and its answer depends only on its arguments and this process.
+@torch.compiler.assume_constant_result
 def resolve(
     backend: str | None, device: torch.device, op: str, dtype: torch.dtype | None = None
 ) -> str:
