@@ -7,6 +7,7 @@
 // another). For tests only: it checks indexing, masking and synchronisation, not speed.
 #pragma once
 
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <cmath>
@@ -42,18 +43,21 @@ namespace emu {
 constexpr unsigned kWarpSize = 32, kMaxThreads = 1024;
 constexpr size_t kStackBytes = 64 * 1024;
 
+// Started once with makecontext/setcontext, then switched with _setjmp/_longjmp, which
+// (unlike swapcontext) do not save and restore the signal mask: no system call per switch.
 struct Fiber {
-  ucontext_t context;
+  ucontext_t start;
+  jmp_buf resume;
   std::vector<char> stack = std::vector<char>(kStackBytes);
   dim3 thread;
-  bool done = false;
+  bool started = false, done = false;
 };
 
 struct Barrier {  // arrive, then yield to the other threads until all have arrived
   unsigned expected = 0, arrived = 0, generation = 0;
 };
 
-inline ucontext_t scheduler;
+inline jmp_buf scheduler;
 inline std::vector<Fiber>* fibers = nullptr;
 inline unsigned current = 0;
 inline const std::function<void()>* body = nullptr;
@@ -63,7 +67,9 @@ inline float shuffle_slots[kMaxThreads];
 inline cudaError_t last_error = cudaSuccess;
 inline uint64_t progress = 0;  // barrier arrivals and finished threads
 
-inline void yield() { swapcontext(&(*fibers)[current].context, &scheduler); }
+inline void yield() {
+  if (!_setjmp((*fibers)[current].resume)) _longjmp(scheduler, 1);
+}
 
 inline void wait(Barrier& b) {
   const unsigned generation = b.generation;
@@ -80,22 +86,23 @@ inline unsigned linear_thread() {
   return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 
-inline void fiber_entry() {
+[[noreturn]] inline void fiber_entry() {
   (*body)();
-  (*fibers)[current].done = true;  // returning resumes the scheduler (uc_link)
+  (*fibers)[current].done = true;
   ++progress;
+  _longjmp(scheduler, 1);
 }
 
 // Runs every thread of one block to completion, switching at barriers. Returns false on a
 // deadlock (a barrier some threads never reach, e.g. after others returned).
 inline bool run_block(std::vector<Fiber>& pool) {
   for (auto& f : pool) {
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = f.stack.data();
-    f.context.uc_stack.ss_size = f.stack.size();
-    f.context.uc_link = &scheduler;
-    f.done = false;
-    makecontext(&f.context, fiber_entry, 0);
+    getcontext(&f.start);
+    f.start.uc_stack.ss_sp = f.stack.data();
+    f.start.uc_stack.ss_size = f.stack.size();
+    f.start.uc_link = nullptr;
+    f.started = f.done = false;
+    makecontext(&f.start, fiber_entry, 0);
   }
   for (unsigned running = pool.size(); running > 0;) {
     const uint64_t before = progress;
@@ -104,7 +111,11 @@ inline bool run_block(std::vector<Fiber>& pool) {
       if (pool[t].done) continue;
       current = t;
       threadIdx = pool[t].thread;
-      swapcontext(&scheduler, &pool[t].context);
+      if (!_setjmp(scheduler)) {
+        if (pool[t].started) _longjmp(pool[t].resume, 1);
+        pool[t].started = true;
+        setcontext(&pool[t].start);
+      }
       running += !pool[t].done;
     }
     if (running > 0 && progress == before) return false;
