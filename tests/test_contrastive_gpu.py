@@ -125,42 +125,50 @@ def test_triton_low_precision(dtype):
     )
 
 
-def test_triton_launcher_edge_cases():
-    require("triton", "supcon")
-    from pha import kernels
-
-    z, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 5])
-    loss, lse = kernels.supcon_forward(z, labels, 0.1)  # no positives at all
+def check_launcher_edge_cases(launchers):
+    """The contract's edge cases, on any object with the four launchers (pha.kernels, the
+    emulated CUDA kernels): no positive, B = 1, NaN, untrusted label ids, B = 0."""
+    z, labels = torch.randn(6, 8), torch.tensor([0, 1, 0, 1, 2, 2])
+    distinct = torch.arange(6)
+    loss, lse = launchers.supcon_forward(z, distinct, 0.1)  # no positives at all
     assert loss.item() == 0.0 and loss.dtype == torch.float32 and torch.isfinite(lse).all()
-    grad = kernels.supcon_backward(torch.tensor(1.0), z, labels, lse, 0.1)
+    grad = launchers.supcon_backward(torch.tensor(1.0), z, distinct, lse, 0.1)
     assert torch.equal(grad, torch.zeros_like(z))
 
-    loss, lse = kernels.supcon_forward(z[:1], labels[:1], 0.1)  # B = 1: empty denominator
+    loss, lse = launchers.supcon_forward(z[:1], labels[:1], 0.1)  # B = 1: empty denominator
     assert loss.item() == 0.0 and lse.item() == float("-inf")
 
     z_nan = z.clone()
     z_nan[2, 3] = float("nan")
-    assert kernels.supcon_forward(z_nan, labels % 2, 0.1)[0].isnan()
-    assert kernels.supcon_forward(z_nan, labels, 0.1)[0].isnan()  # NaN even with no positive
+    assert launchers.supcon_forward(z_nan, labels, 0.1)[0].isnan()
+    assert launchers.supcon_forward(z_nan, distinct, 0.1)[0].isnan()  # NaN even with no positive
     protos = torch.randn(3, 8)
-    assert kernels.prototype_forward(z_nan, protos, labels % 3, 0.1, True)[0].isnan()
-    assert kernels.prototype_forward(z_nan, protos[:1], labels * 0, 0.1, True)[0].isnan()
+    assert launchers.prototype_forward(z_nan, protos, labels, 0.1, True)[0].isnan()
+    assert launchers.prototype_forward(z_nan, protos[:1], labels * 0, 0.1, True)[0].isnan()
 
-    # Python range-checks labels; the kernel does not trust it: a bad id gives NaN, no read.
-    loss, lse = kernels.prototype_forward(z, protos, torch.tensor([0, 1, 2, 3, -1, 0]), 0.1, True)
-    assert loss.isnan() and lse[3].isnan() and lse[4].isnan() and torch.isfinite(lse[:3]).all()
-
-    with pytest.raises(TypeError, match="z"):
-        kernels.supcon_forward(z.double(), labels, 0.1)
+    # Python range-checks labels; the kernels do not trust it: a bad id gives NaN, no read.
+    bad = torch.tensor([0, 1, 2, 3, -1, 0])
+    for exclude_positive in (True, False):
+        loss, lse = launchers.prototype_forward(z, protos, bad, 0.1, exclude_positive)
+        assert loss.isnan() and lse[3:5].isnan().all() and torch.isfinite(lse[:3]).all()
 
     empty = z[:0]  # B = 0: loss 0, no launch on an empty grid
-    assert kernels.supcon_forward(empty, labels[:0], 0.1)[0].item() == 0.0
-    loss, lse = kernels.prototype_forward(empty, protos, labels[:0], 0.1, False)
+    assert launchers.supcon_forward(empty, labels[:0], 0.1)[0].item() == 0.0
+    loss, lse = launchers.prototype_forward(empty, protos, labels[:0], 0.1, False)
     assert loss.item() == 0.0 and lse.shape == (0,)
-    grad_z, grad_p = kernels.prototype_backward(
+    grad_z, grad_p = launchers.prototype_backward(
         torch.ones(()), empty, protos, labels[:0], lse, 0.1, False
     )
     assert grad_z.shape == (0, 8) and torch.equal(grad_p, torch.zeros_like(protos))
+
+
+def test_triton_launcher_edge_cases():
+    require("triton", "supcon")
+    from pha import kernels
+
+    check_launcher_edge_cases(kernels)
+    with pytest.raises(TypeError, match="z"):
+        kernels.supcon_forward(torch.randn(4, 8).double(), torch.arange(4), 0.1)
 
 
 # ---------------------------------------------------------------- CUDA kernels, emulated
@@ -329,26 +337,7 @@ def test_cuda_supcon_emulated_low_precision(emulated_cuda, dtype):
 
 
 def test_cuda_emulated_edge_cases(emulated_cuda):
-    z, labels = torch.randn(6, 8), torch.tensor([0, 1, 0, 1, 2, 2])
-    z[2, 3] = float("nan")
-    assert emulated_cuda.supcon_forward(z, labels, 0.1)[0].isnan()
-    assert emulated_cuda.supcon_forward(z, torch.arange(6), 0.1)[0].isnan()  # no positive
-    protos = torch.randn(3, 8)
-    assert emulated_cuda.prototype_forward(z, protos, labels, 0.1, True)[0].isnan()
-    assert emulated_cuda.prototype_forward(z, protos[:1], labels * 0, 0.1, True)[0].isnan()
-    z[2, 3] = 0.0
-    bad = torch.tensor([0, 1, 2, 3, -1, 0])  # ids the kernels must not trust
-    loss, lse = emulated_cuda.prototype_forward(z, protos, bad, 0.1, False)
-    assert loss.isnan() and lse[3:5].isnan().all() and torch.isfinite(lse[:3]).all()
-
-    empty = z[:0]  # B = 0: loss 0, no launch on an empty grid
-    assert emulated_cuda.supcon_forward(empty, labels[:0], 0.1)[0].item() == 0.0
-    loss, lse = emulated_cuda.prototype_forward(empty, protos, labels[:0], 0.1, False)
-    assert loss.item() == 0.0 and lse.shape == (0,)
-    grad_z, grad_p = emulated_cuda.prototype_backward(
-        torch.ones(()), empty, protos, labels[:0], lse, 0.1, False
-    )
-    assert grad_z.shape == (0, 8) and torch.equal(grad_p, torch.zeros_like(protos))
+    check_launcher_edge_cases(emulated_cuda)
 
 
 @pytest.mark.slow
