@@ -3,9 +3,9 @@
   emulator in tests/cuda_cpu_emulator/ (each CUDA thread a fiber, __syncthreads and warp
   shuffles barriers), so that its kernels and C launchers run here on CPU pointers;
 - `nvcc_compile` / `binding_syntax_check`: the CI compile check of a .cu for sm_80 and a
-  g++ -fsyntax-only check of a torch binding .cpp against torch's and CUDA's headers.
-Each returns the compiler's CompletedProcess-like (returncode, stderr) or skips the test
-when the tool is missing."""
+  g++ -fsyntax-only check of a torch binding .cpp against torch's and CUDA's headers
+  (they return the compiler's CompletedProcess).
+Each skips the calling test when its compiler or headers are missing."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-CUDA_DIR = ROOT / "csrc" / "cuda"
+CUDA_DIR = TESTS.parent / "csrc" / "cuda"
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 # kernel<T, U><<<grid, block, smem, stream>>>(args) -> emu::launch(kernel<T, U>, emu::Config(...), args)
 _LAUNCH = re.compile(r"([\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\(", re.DOTALL)
