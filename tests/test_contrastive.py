@@ -201,8 +201,6 @@ class TestEdgeCases:
     @pytest.mark.parametrize("loss", list(LOSSES))
     def test_empty_batch_is_zero(self, backend, loss):
         self._require(backend, LOSSES[loss][0])
-        if backend == "triton":
-            pytest.skip("no kernel launch for an empty grid")
         z, protos, labels = make_inputs(0, 8, 3, device=device_for(backend))
         out, (grad_z, grad_p) = run(loss_fn(loss, backend), z, protos, labels)
         assert out.item() == 0.0 and grad_z.shape == (0, 8)

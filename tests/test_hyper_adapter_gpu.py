@@ -4,23 +4,14 @@
   the per-set gradient reduction over repeated / unused sets (and its determinism), the
   launcher's edge cases, and the well-formedness of the GPU autotune tables; and (without
   the interpreter) every kernel variant compiled for a real GPU target, sm_80.
-- CUDA: the .cu kernels compile with nvcc as CI compiles them, the torch binding passes a
-  g++ syntax check against torch's headers, and the kernels themselves run on the CPU
-  through a small emulation of the CUDA runtime (tests/cuda_emulation/) and are compared
-  with the reference, forward and every gradient.
+- CUDA: the kernels run on the CPU through an emulation of the CUDA execution model
+  (tests/cuda_cpu_emulator/) and are compared with the reference, forward and every
+  gradient (their nvcc and binding compile checks: tests/test_cuda_sources.py).
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
-import os
-import re
-import shutil
-import subprocess
-import sys
-import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,12 +21,6 @@ from hypothesis import strategies as st
 from test_hyper_adapter import ACTIVATIONS, ARGS, SHAPES, make_inputs, run
 
 from pha.ops import reference
-
-ROOT = Path(__file__).resolve().parents[1]
-CUDA_DIR = ROOT / "csrc" / "cuda"
-EMULATION_DIR = Path(__file__).resolve().parent / "cuda_emulation"
-CUDA_SOURCES = sorted(CUDA_DIR.glob("hyper_adapter*.cu"))
-CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 
 
 def check_against_reference(fn, b, t, d, r, g, dtype, activation, index=None, indexed=False):
@@ -76,10 +61,11 @@ def test_triton_fp16(shape, activation):
     )
 
 
+# Every dtype and both index modes, rotated (each case costs seconds in the interpreter).
 @pytest.mark.parametrize(
-    "dtype,activation", [(torch.float32, "gelu"), (torch.bfloat16, "relu"), (torch.float16, "silu")]
+    "dtype,activation,indexed",
+    [(torch.float32, "gelu", True), (torch.bfloat16, "relu", False), (torch.float16, "silu", True)],
 )
-@pytest.mark.parametrize("indexed", [False, True])
 def test_triton_several_blocks(dtype, activation, indexed):
     """T, d and r past the interpreter's 64-blocks: the k-loops, the token loop of the set
     reduction and the tile offsets all run more than once."""
@@ -101,7 +87,7 @@ FUZZ = dict(
 )
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)  # the edge shapes are parametrised above
 @given(**FUZZ)
 def test_triton_fuzz(b, t, d, r, g, indexed, activation, seed):
     require("triton", "hyper_adapter")
@@ -243,57 +229,18 @@ def test_triton_config_pruning(sizes, expected):
 
 
 @pytest.mark.slow
-def test_triton_kernels_compile_for_a_gpu():
+def test_triton_kernels_compile_for_a_gpu(triton_sm80):
     """Every launcher variant compiles for sm_80 (Triton ships ptxas: no GPU needed), with
     the shared memory of the GPU config it was given within what sm_80+ GPUs offer."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = Path(__file__).resolve().parent / "triton_gpu_compile.py"
-    result = subprocess.run(
-        [sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    compiled = [json.loads(line) for line in result.stdout.splitlines()]
+    compiled = triton_sm80("hyper_adapter")
     assert len(compiled) == 6
     for kernel in compiled:  # 99 KiB: the per-block limit of sm_86/sm_89, the smallest of sm_80+
         assert 0 < kernel["shared"] <= 99 * 1024, kernel
 
 
 # ---------------------------------------------------------------------------------------
-# CUDA: compile checks
-
-
-@pytest.mark.parametrize("source", CUDA_SOURCES, ids=[p.name for p in CUDA_SOURCES])
-def test_cuda_source_compiles_with_nvcc(source, tmp_path):
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not found: CUDA compile check skipped")
-    cmd = [nvcc, "-c", "-std=c++17", "-O3", "-gencode", "arch=compute_80,code=sm_80"]
-    result = subprocess.run(
-        [*cmd, str(source), "-o", str(tmp_path / "x.o")], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.parametrize("source", ["hyper_adapter_binding.cpp", "module.cpp"])
-def test_cuda_binding_passes_syntax_check(source):
-    """The binding cannot be built against the CPU torch wheel, but it compiles (-fsyntax-only)
-    against torch's headers plus the CUDA runtime headers."""
-    gxx = shutil.which("g++")
-    if gxx is None or not (CUDA_INCLUDE / "cuda_runtime_api.h").exists():
-        pytest.skip(f"g++ or the CUDA runtime headers ({CUDA_INCLUDE}) not found")
-    from torch.utils.cpp_extension import include_paths
-
-    includes = [*include_paths(), str(CUDA_INCLUDE), sysconfig.get_paths()["include"]]
-    cmd = [gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-Wno-unused-parameter"]
-    cmd += ["-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", "-DTORCH_EXTENSION_NAME=_C_cuda"]
-    cmd += [f"-isystem{p}" for p in includes] + [str(CUDA_DIR / source)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
-# ---------------------------------------------------------------------------------------
-# CUDA: the kernels, run on the CPU through tests/cuda_emulation
+# CUDA: the kernels, run on the CPU through the emulator (tests/cuda_cpu_emulator); the
+# compile checks of the .cu and binding sources are in tests/test_cuda_sources.py.
 
 
 class _Shape(ctypes.Structure):
@@ -305,30 +252,9 @@ _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 @pytest.fixture(scope="module")
-def emulated_cuda(tmp_path_factory):
+def emulated_cuda(emulated_cuda_library):
     """hyper_adapter_kernels.cu compiled by g++ against the emulated CUDA runtime."""
-    gxx = shutil.which("g++")
-    if gxx is None or sys.platform != "linux":
-        pytest.skip("the CUDA emulation needs g++ on Linux")
-    source = (CUDA_DIR / "hyper_adapter_kernels.cu").read_text()
-    # k<<<grid, block, smem, stream>>>(args) -> pha_emulate_launch(grid, block, smem, stream, k, args)
-    source, launches = re.subn(
-        r"([\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\(", r"pha_emulate_launch(\2, \1, ", source, flags=re.S
-    )
-    assert launches > 0
-    out = tmp_path_factory.mktemp("cuda_emulation")
-    (out / "kernels.cpp").write_text(source)
-    cmd = [gxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas"]
-    cmd += [
-        f"-I{EMULATION_DIR}",
-        f"-I{CUDA_DIR}",
-        str(out / "kernels.cpp"),
-        "-o",
-        str(out / "k.so"),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return ctypes.CDLL(str(out / "k.so"))
+    return emulated_cuda_library("hyper_adapter_kernels.cu")
 
 
 def _ptr(t):
@@ -416,7 +342,7 @@ def test_cuda_kernels_emulated_empty_dimensions(emulated_cuda, shape):
     check_against_reference(_emulated(emulated_cuda), b, t, d, r, g, torch.float32, "gelu", index)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)  # the edge shapes are parametrised above
 @given(**FUZZ)
 def test_cuda_kernels_emulated_fuzz(emulated_cuda, b, t, d, r, g, indexed, activation, seed):
     torch.manual_seed(seed)

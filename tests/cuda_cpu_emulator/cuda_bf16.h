@@ -17,3 +17,4 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {  // round to nearest even
   u += 0x7fffu + ((u >> 16) & 1u);
   return {static_cast<uint16_t>(u >> 16)};
 }
+inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
