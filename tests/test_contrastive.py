@@ -308,3 +308,19 @@ def test_default_backend_is_cpp_on_cpu():
     with torch.no_grad():
         fast = pha.ops.supcon_loss(z, labels)
     torch.testing.assert_close(fast, reference.supcon_loss(z, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_benchmark_quick(tmp_path):
+    """benchmarks/bench_contrastive.py --quick runs and writes a complete JSON table."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_contrastive.py"
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], check=True)
+    results = json.loads(out.read_text())["results"]
+    providers = {r["provider"] for r in results}
+    assert "eager" in providers and len(results) == 2 * 2 * len(providers)
+    assert all(r["median_ms"] > 0 and r["extra_peak_mib"] >= 0 for r in results)

@@ -31,7 +31,7 @@ namespace {
 
 constexpr int64_t kRowTile = 64;   // rows per parallel task (a multiple of kScoreRows)
 constexpr int64_t kColTile = 256;  // scores per row per tile: 64 x 256 fp32 = 64 KiB
-constexpr int64_t kMaxChunks = 16;  // prototype gradient partial sums (memory: chunks x K x D)
+constexpr int64_t kMaxChunks = 8;  // prototype gradient partial sums (memory: chunks x K x D)
 constexpr double kNormEps = 1e-12;  // F.normalize's eps
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
