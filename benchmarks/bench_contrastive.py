@@ -36,9 +36,10 @@ D = 64
 FULL = {"B": (128, 1024, 4096, 16384), "K": (8, 1000), "repeats": 7}
 QUICK = {"B": (64, 256), "K": (8,), "repeats": 2}
 LOSSES = ("supcon", "prototype")
-# The eager release formulation holds several B x B fp32 matrices at once (~25 B^2 bytes):
-# 6+ GiB at B = 16384, more than this shared machine can spare.
-EAGER_MAX_B = 4096
+# The eager release formulation holds several [B, B] (supcon) or [B, K] fp32 matrices at
+# once (~25 bytes per score); past this budget (B = 16384: 6+ GiB) it does not fit beside
+# the other jobs of this shared machine.
+EAGER_MAX_BYTES = 2 * 2**30
 MIN_MIB_FOR_RATIO = 4.0  # below this, page granularity and noise dominate a memory ratio
 DEFAULT_JSON = Path(__file__).parent / "results" / "bench_contrastive.json"
 
@@ -48,9 +49,10 @@ def providers() -> list[str]:
     return ["eager"] + [b for b in ("cpp", "triton", "cuda") if b != "triton" and available[b]]
 
 
-def skip_reason(provider: str, b: int) -> str | None:
-    if provider == "eager" and b > EAGER_MAX_B:
-        return f"skipped: eager needs ~{25 * b * b / 2**30:.0f} GiB"
+def skip_reason(loss: str, provider: str, b: int, k: int) -> str | None:
+    need = 25 * b * (b if loss == "supcon" else k)
+    if provider == "eager" and need > EAGER_MAX_BYTES:
+        return f"skipped: eager needs ~{need / 2**30:.0f} GiB"
     return None
 
 
@@ -114,7 +116,8 @@ def measure_memory(cases: list[tuple[str, str, int, int]]) -> list[float]:
 def memory_in_child(cases) -> list[float]:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", json.dumps(cases)],
+        [sys.executable, __file__, "--memory-child", json.dumps(cases)]
+        + ["--threads", str(torch.get_num_threads())],
         env=env,
         check=True,
         capture_output=True,
@@ -130,7 +133,7 @@ def run(config: dict, json_path: Path) -> list[dict]:
             for loss in LOSSES:
                 for provider in providers():
                     rec = {"loss": loss, "B": b, "K": k, "D": D, "provider": provider}
-                    reason = skip_reason(provider, b)
+                    reason = skip_reason(loss, provider, b, k)
                     if reason:
                         rec["skipped"] = reason
                     else:
@@ -197,8 +200,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, two repeats")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         print(json.dumps(measure_memory([tuple(c) for c in json.loads(args.memory_child)])))
         return

@@ -31,7 +31,7 @@ namespace {
 
 constexpr int64_t kRowTile = 64;   // rows per parallel task (a multiple of kScoreRows)
 constexpr int64_t kColTile = 256;  // scores per row per tile: 64 x 256 fp32 = 64 KiB
-constexpr int64_t kMaxChunks = 8;  // prototype gradient partial sums (memory: chunks x K x D)
+constexpr int64_t kMaxChunks = 4;  // prototype gradient partial sums (memory: chunks x K x D)
 constexpr double kNormEps = 1e-12;  // F.normalize's eps
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -46,20 +46,20 @@ bool has_avx512() {
 #define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
 
 // L2-normalised rows of a [n, d] tensor in the accumulation type, zero padded to dp features
-// (a multiple of the lane count) and to a multiple of kScoreRows rows, plus the transpose
-// [dp, ld_cols] (columns padded to the lane count) for score tiles.
+// (a multiple of the lane count) and to a multiple of kScoreRows rows, plus (if asked) the
+// transpose [dp, ld_cols] (columns padded to the lane count) for score tiles.
 template <typename T>
 struct Normalized {
   int64_t n = 0, d = 0, dp = 0, ld_cols = 0;
   std::vector<T> rows, cols, norm;  // norm: ||x_i|| (unclamped)
   bool finite = true;
 
-  explicit Normalized(const at::Tensor& x) : n(x.size(0)), d(x.size(1)) {
+  Normalized(const at::Tensor& x, bool transposed) : n(x.size(0)), d(x.size(1)) {
     constexpr int64_t L = Simd<T>::kLanes;
     dp = round_up(std::max<int64_t>(d, 1), L);
     ld_cols = round_up(std::max<int64_t>(n, 1), L);
     rows.assign(round_up(std::max<int64_t>(n, 1), kScoreRows) * dp, T(0));
-    cols.assign(dp * ld_cols, T(0));
+    if (transposed) cols.assign(dp * ld_cols, T(0));
     norm.assign(n, T(0));
     std::vector<char> row_finite(n, 1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pha_normalize", [&] {
@@ -79,7 +79,7 @@ struct Normalized {
           for (int64_t k = 0; k < d; ++k) {
             const T v = static_cast<T>(src[i * d + k]) / denom;
             rows[i * dp + k] = v;
-            cols[k * ld_cols + i] = v;
+            if (transposed) cols[k * ld_cols + i] = v;
           }
         }
       });
@@ -306,7 +306,7 @@ int64_t row_tiles(int64_t n) { return (n + kRowTile - 1) / kRowTile; }
 // Row tiles per parallel task: waking a second thread costs microseconds on an idle machine
 // and milliseconds on a busy one, so small problems (PHA's B = 128) run on one thread.
 int64_t tile_grain(int64_t cols, int64_t depth) {
-  constexpr int64_t kMinTaskMacs = int64_t(1) << 22;
+  constexpr int64_t kMinTaskMacs = int64_t(1) << 23;
   const int64_t tile_macs = std::max<int64_t>(kRowTile * cols * depth, 1);
   return std::max<int64_t>(1, kMinTaskMacs / tile_macs);
 }
@@ -363,7 +363,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_forward(const at::Tensor& z, const at:
   at::Tensor lse = at::empty({z.size(0)}, z.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "pha_supcon_forward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z);
+    const Normalized<T> zn(z, true);
     const Classes classes(labels);
     const SupconProblem<T> p(zn, classes, temperature);
     T* lse_ptr = lse.mutable_data_ptr<T>();
@@ -391,7 +391,7 @@ at::Tensor supcon_backward(const at::Tensor& grad_loss, const at::Tensor& z, con
   at::Tensor grad_z;
   AT_DISPATCH_FLOATING_TYPES(accumulation_type(z), "pha_supcon_backward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z);
+    const Normalized<T> zn(z, true);
     const Classes classes(labels);
     const int64_t rows_with_positive =
         std::count_if(classes.n_pos.begin(), classes.n_pos.end(), [](int64_t k) { return k > 0; });
@@ -562,7 +562,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_forward(const at::Tensor& z, const 
   at::Tensor lse = at::empty({z.size(0)}, z.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "pha_prototype_forward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z), pn(prototypes);
+    const Normalized<T> zn(z, false), pn(prototypes, true);
     const int64_t* y = labels.const_data_ptr<int64_t>();
     const PrototypeProblem<T> p{zn, pn, y, T(1.0 / temperature), exclude_positive};
     T* lse_ptr = lse.mutable_data_ptr<T>();
@@ -592,7 +592,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_backward(const at::Tensor& grad_los
   at::Tensor grad_z, grad_p;
   AT_DISPATCH_FLOATING_TYPES(accumulation_type(z), "pha_prototype_backward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z), pn(prototypes);
+    const Normalized<T> zn(z, false), pn(prototypes, true);
     const PrototypeProblem<T> p{zn, pn, labels.const_data_ptr<int64_t>(), T(1.0 / temperature), exclude_positive};
     const T* lse_ptr = lse.const_data_ptr<T>();
     // Row tiles are split into a fixed number of chunks (independent of the thread count),
