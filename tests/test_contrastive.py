@@ -194,9 +194,10 @@ class TestEdgeCases:
         z, protos, labels = make_inputs(5, 8, 3, labels=[0, 1, 0, 1, 2])
         z[1] = 0
         ref = run(loss_fn(loss, "reference"), z.double(), protos.double(), labels)
-        out = run(loss_fn(loss, backend), z, protos, labels)
-        torch.testing.assert_close(out[0].double(), ref[0], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(out[1][0].double(), ref[1][0], rtol=1e-4, atol=1e-5)
+        device = device_for(backend)
+        out = run(loss_fn(loss, backend), z.to(device), protos.to(device), labels.to(device))
+        torch.testing.assert_close(out[0].double().cpu(), ref[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out[1][0].double().cpu(), ref[1][0], rtol=1e-4, atol=1e-5)
 
     @pytest.mark.parametrize("loss", list(LOSSES))
     def test_empty_batch_is_zero(self, backend, loss):
