@@ -34,7 +34,7 @@ import pha
 
 D = 64
 FULL = {"B": (128, 1024, 4096, 16384), "K": (8, 1000), "repeats": 7}
-QUICK = {"B": (64, 256), "K": (8,), "repeats": 2}
+QUICK = {"B": (128,), "K": (8,), "repeats": 2}
 LOSSES = ("supcon", "prototype")
 # The eager release formulation holds several [B, B] (supcon) or [B, K] fp32 matrices at
 # once (~25 bytes per score); past this budget (B = 16384: 6+ GiB) it does not fit beside

@@ -323,5 +323,40 @@ def test_benchmark_quick(tmp_path):
     subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], check=True)
     results = json.loads(out.read_text())["results"]
     providers = {r["provider"] for r in results}
-    assert "eager" in providers and len(results) == 2 * 2 * len(providers)
+    assert "eager" in providers and len(results) == 2 * len(providers)  # 2 losses
     assert all(r["median_ms"] > 0 and r["extra_peak_mib"] >= 0 for r in results)
+
+
+def test_portable_kernels_match_reference():
+    """The portable (non-AVX-512) build of the C++ kernels, forced with PHA_CPU_ISA=portable
+    in a fresh process (the choice is made once), against the reference, past one tile."""
+    require("cpp", "supcon")
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, pha\n"
+        "from pha.ops import reference\n"
+        "torch.manual_seed(0)\n"
+        "z, p = torch.randn(150, 37), torch.randn(300, 37)\n"
+        "y = torch.randint(0, 5, (150,))\n"
+        "for fn in [\n"
+        "    lambda z, p, b: pha.ops.supcon_loss(z, y, backend=b),\n"
+        "    lambda z, p, b: pha.ops.prototype_loss(z, p, y * 60, backend=b),\n"
+        "    lambda z, p, b: pha.ops.prototype_loss(z, p, y, 0.2, False, backend=b),\n"
+        "]:\n"
+        "    outs = []\n"
+        "    for b in ('reference', 'cpp'):\n"
+        "        zz, pp = z.clone().requires_grad_(), p.clone().requires_grad_()\n"
+        "        loss = fn(zz, pp, b)\n"
+        "        loss.backward()\n"
+        "        outs.append((loss, zz.grad, pp.grad))\n"
+        "    for a, c in zip(*outs):\n"
+        "        if a is not None:\n"
+        "            torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PHA_CPU_ISA="portable")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

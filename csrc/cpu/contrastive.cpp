@@ -21,6 +21,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <numeric>
 #include <vector>
 
@@ -36,14 +38,35 @@ constexpr double kNormEps = 1e-12;  // F.normalize's eps
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-bool has_avx512() {
-  __builtin_cpu_init();
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+// Whether the fp32 kernels run their AVX-512 build: if this CPU has it, unless
+// PHA_CPU_ISA=portable (how the tests cover the portable build on AVX-512 machines).
+bool use_avx512() {
+  static const bool yes = [] {
+    const char* cap = std::getenv("PHA_CPU_ISA");
+    if (cap != nullptr && std::string(cap) == "portable") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  }();
   return yes;
 }
 
+// Each kernel is compiled twice from the same always-inline code: for AVX-512 and for the
+// baseline x86-64 (where GCC lowers the 64-byte vectors through memory: correct, but far
+// slower); fp64 (gradcheck) only runs the portable build. Dispatched at run time.
 #define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
+#define PHA_ISA_VARIANTS(name, impl, params, args)           \
+  template <typename T>                                      \
+  PHA_AVX512 void name##_avx512 params { impl args; }        \
+  template <typename T>                                      \
+  void name##_portable params { impl args; }                 \
+  template <typename T>                                      \
+  void name##_run params {                                   \
+    if constexpr (std::is_same_v<T, float>) {                \
+      if (use_avx512()) return name##_avx512 args;           \
+    }                                                        \
+    name##_portable args;                                    \
+  }
 
 // L2-normalised rows of a [n, d] tensor in the accumulation type, zero padded to dp features
 // (a multiple of the lane count) and to a multiple of kScoreRows rows, plus (if asked) the
@@ -267,39 +290,11 @@ PHA_INLINE void supcon_backward_tiles(const SupconProblem<T>& p, const T* lse, c
   }
 }
 
-PHA_AVX512 void supcon_forward_avx512(const SupconProblem<float>& p, float* lse, int64_t t0, int64_t t1) {
-  supcon_forward_tiles(p, lse, t0, t1);
-}
-PHA_AVX512 void supcon_backward_avx512(const SupconProblem<float>& p, const float* lse, const float* cc,
-                                       const float* cl, float* grad, int64_t t0, int64_t t1) {
-  supcon_backward_tiles(p, lse, cc, cl, grad, t0, t1);
-}
-template <typename T>
-void supcon_forward_portable(const SupconProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  supcon_forward_tiles(p, lse, t0, t1);
-}
-template <typename T>
-void supcon_backward_portable(const SupconProblem<T>& p, const T* lse, const T* cc, const T* cl, T* grad,
-                              int64_t t0, int64_t t1) {
-  supcon_backward_tiles(p, lse, cc, cl, grad, t0, t1);
-}
-
-template <typename T>
-void supcon_forward_run(const SupconProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return supcon_forward_avx512(p, lse, t0, t1);
-  }
-  supcon_forward_portable(p, lse, t0, t1);
-}
-
-template <typename T>
-void supcon_backward_run(const SupconProblem<T>& p, const T* lse, const T* cc, const T* cl, T* grad,
-                         int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return supcon_backward_avx512(p, lse, cc, cl, grad, t0, t1);
-  }
-  supcon_backward_portable(p, lse, cc, cl, grad, t0, t1);
-}
+PHA_ISA_VARIANTS(supcon_forward, supcon_forward_tiles, (const SupconProblem<T>& p, T* lse, int64_t t0, int64_t t1),
+                 (p, lse, t0, t1))
+PHA_ISA_VARIANTS(supcon_backward, supcon_backward_tiles,
+                 (const SupconProblem<T>& p, const T* lse, const T* cc, const T* cl, T* grad, int64_t t0, int64_t t1),
+                 (p, lse, cc, cl, grad, t0, t1))
 
 int64_t row_tiles(int64_t n) { return (n + kRowTile - 1) / kRowTile; }
 
@@ -503,38 +498,11 @@ PHA_INLINE void prototype_backward_tiles(const PrototypeProblem<T>& p, const T* 
   }
 }
 
-PHA_AVX512 void prototype_forward_avx512(const PrototypeProblem<float>& p, float* lse, int64_t t0, int64_t t1) {
-  prototype_forward_tiles(p, lse, t0, t1);
-}
-PHA_AVX512 void prototype_backward_avx512(const PrototypeProblem<float>& p, const float* lse, float* gz, float* gp,
-                                          int64_t t0, int64_t t1) {
-  prototype_backward_tiles(p, lse, gz, gp, t0, t1);
-}
-template <typename T>
-void prototype_forward_portable(const PrototypeProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  prototype_forward_tiles(p, lse, t0, t1);
-}
-template <typename T>
-void prototype_backward_portable(const PrototypeProblem<T>& p, const T* lse, T* gz, T* gp, int64_t t0,
-                                 int64_t t1) {
-  prototype_backward_tiles(p, lse, gz, gp, t0, t1);
-}
-
-template <typename T>
-void prototype_forward_run(const PrototypeProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return prototype_forward_avx512(p, lse, t0, t1);
-  }
-  prototype_forward_portable(p, lse, t0, t1);
-}
-
-template <typename T>
-void prototype_backward_run(const PrototypeProblem<T>& p, const T* lse, T* gz, T* gp, int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return prototype_backward_avx512(p, lse, gz, gp, t0, t1);
-  }
-  prototype_backward_portable(p, lse, gz, gp, t0, t1);
-}
+PHA_ISA_VARIANTS(prototype_forward, prototype_forward_tiles,
+                 (const PrototypeProblem<T>& p, T* lse, int64_t t0, int64_t t1), (p, lse, t0, t1))
+PHA_ISA_VARIANTS(prototype_backward, prototype_backward_tiles,
+                 (const PrototypeProblem<T>& p, const T* lse, T* gz, T* gp, int64_t t0, int64_t t1),
+                 (p, lse, gz, gp, t0, t1))
 
 void check_prototypes(const at::Tensor& z, const at::Tensor& prototypes, const at::Tensor& labels) {
   TORCH_CHECK(prototypes.device().is_cpu(), "pha_cpu: prototypes must be on the CPU");
