@@ -21,6 +21,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <numeric>
 #include <vector>
 
@@ -31,35 +33,56 @@ namespace {
 
 constexpr int64_t kRowTile = 64;   // rows per parallel task (a multiple of kScoreRows)
 constexpr int64_t kColTile = 256;  // scores per row per tile: 64 x 256 fp32 = 64 KiB
-constexpr int64_t kMaxChunks = 16;  // prototype gradient partial sums (memory: chunks x K x D)
+constexpr int64_t kMaxChunks = 4;  // prototype gradient partial sums (memory: chunks x K x D)
 constexpr double kNormEps = 1e-12;  // F.normalize's eps
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-bool has_avx512() {
-  __builtin_cpu_init();
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+// Whether the fp32 kernels run their AVX-512 build: if this CPU has it, unless
+// PHA_CPU_ISA=portable (how the tests cover the portable build on AVX-512 machines).
+bool use_avx512() {
+  static const bool yes = [] {
+    const char* cap = std::getenv("PHA_CPU_ISA");
+    if (cap != nullptr && std::string(cap) == "portable") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  }();
   return yes;
 }
 
+// Each kernel is compiled twice from the same always-inline code: for AVX-512 and for the
+// baseline x86-64 (where GCC lowers the 64-byte vectors through memory: correct, but far
+// slower); fp64 (gradcheck) only runs the portable build. Dispatched at run time.
 #define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
+#define PHA_ISA_VARIANTS(name, impl, params, args)           \
+  template <typename T>                                      \
+  PHA_AVX512 void name##_avx512 params { impl args; }        \
+  template <typename T>                                      \
+  void name##_portable params { impl args; }                 \
+  template <typename T>                                      \
+  void name##_run params {                                   \
+    if constexpr (std::is_same_v<T, float>) {                \
+      if (use_avx512()) return name##_avx512 args;           \
+    }                                                        \
+    name##_portable args;                                    \
+  }
 
 // L2-normalised rows of a [n, d] tensor in the accumulation type, zero padded to dp features
-// (a multiple of the lane count) and to a multiple of kScoreRows rows, plus the transpose
-// [dp, ld_cols] (columns padded to the lane count) for score tiles.
+// (a multiple of the lane count) and to a multiple of kScoreRows rows, plus (if asked) the
+// transpose [dp, ld_cols] (columns padded to the lane count) for score tiles.
 template <typename T>
 struct Normalized {
   int64_t n = 0, d = 0, dp = 0, ld_cols = 0;
   std::vector<T> rows, cols, norm;  // norm: ||x_i|| (unclamped)
   bool finite = true;
 
-  explicit Normalized(const at::Tensor& x) : n(x.size(0)), d(x.size(1)) {
+  Normalized(const at::Tensor& x, bool transposed) : n(x.size(0)), d(x.size(1)) {
     constexpr int64_t L = Simd<T>::kLanes;
     dp = round_up(std::max<int64_t>(d, 1), L);
     ld_cols = round_up(std::max<int64_t>(n, 1), L);
     rows.assign(round_up(std::max<int64_t>(n, 1), kScoreRows) * dp, T(0));
-    cols.assign(dp * ld_cols, T(0));
+    if (transposed) cols.assign(dp * ld_cols, T(0));
     norm.assign(n, T(0));
     std::vector<char> row_finite(n, 1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "pha_normalize", [&] {
@@ -79,7 +102,7 @@ struct Normalized {
           for (int64_t k = 0; k < d; ++k) {
             const T v = static_cast<T>(src[i * d + k]) / denom;
             rows[i * dp + k] = v;
-            cols[k * ld_cols + i] = v;
+            if (transposed) cols[k * ld_cols + i] = v;
           }
         }
       });
@@ -267,46 +290,18 @@ PHA_INLINE void supcon_backward_tiles(const SupconProblem<T>& p, const T* lse, c
   }
 }
 
-PHA_AVX512 void supcon_forward_avx512(const SupconProblem<float>& p, float* lse, int64_t t0, int64_t t1) {
-  supcon_forward_tiles(p, lse, t0, t1);
-}
-PHA_AVX512 void supcon_backward_avx512(const SupconProblem<float>& p, const float* lse, const float* cc,
-                                       const float* cl, float* grad, int64_t t0, int64_t t1) {
-  supcon_backward_tiles(p, lse, cc, cl, grad, t0, t1);
-}
-template <typename T>
-void supcon_forward_portable(const SupconProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  supcon_forward_tiles(p, lse, t0, t1);
-}
-template <typename T>
-void supcon_backward_portable(const SupconProblem<T>& p, const T* lse, const T* cc, const T* cl, T* grad,
-                              int64_t t0, int64_t t1) {
-  supcon_backward_tiles(p, lse, cc, cl, grad, t0, t1);
-}
-
-template <typename T>
-void supcon_forward_run(const SupconProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return supcon_forward_avx512(p, lse, t0, t1);
-  }
-  supcon_forward_portable(p, lse, t0, t1);
-}
-
-template <typename T>
-void supcon_backward_run(const SupconProblem<T>& p, const T* lse, const T* cc, const T* cl, T* grad,
-                         int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return supcon_backward_avx512(p, lse, cc, cl, grad, t0, t1);
-  }
-  supcon_backward_portable(p, lse, cc, cl, grad, t0, t1);
-}
+PHA_ISA_VARIANTS(supcon_forward, supcon_forward_tiles, (const SupconProblem<T>& p, T* lse, int64_t t0, int64_t t1),
+                 (p, lse, t0, t1))
+PHA_ISA_VARIANTS(supcon_backward, supcon_backward_tiles,
+                 (const SupconProblem<T>& p, const T* lse, const T* cc, const T* cl, T* grad, int64_t t0, int64_t t1),
+                 (p, lse, cc, cl, grad, t0, t1))
 
 int64_t row_tiles(int64_t n) { return (n + kRowTile - 1) / kRowTile; }
 
 // Row tiles per parallel task: waking a second thread costs microseconds on an idle machine
 // and milliseconds on a busy one, so small problems (PHA's B = 128) run on one thread.
 int64_t tile_grain(int64_t cols, int64_t depth) {
-  constexpr int64_t kMinTaskMacs = int64_t(1) << 22;
+  constexpr int64_t kMinTaskMacs = int64_t(1) << 23;
   const int64_t tile_macs = std::max<int64_t>(kRowTile * cols * depth, 1);
   return std::max<int64_t>(1, kMinTaskMacs / tile_macs);
 }
@@ -363,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_forward(const at::Tensor& z, const at:
   at::Tensor lse = at::empty({z.size(0)}, z.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "pha_supcon_forward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z);
+    const Normalized<T> zn(z, true);
     const Classes classes(labels);
     const SupconProblem<T> p(zn, classes, temperature);
     T* lse_ptr = lse.mutable_data_ptr<T>();
@@ -391,7 +386,7 @@ at::Tensor supcon_backward(const at::Tensor& grad_loss, const at::Tensor& z, con
   at::Tensor grad_z;
   AT_DISPATCH_FLOATING_TYPES(accumulation_type(z), "pha_supcon_backward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z);
+    const Normalized<T> zn(z, true);
     const Classes classes(labels);
     const int64_t rows_with_positive =
         std::count_if(classes.n_pos.begin(), classes.n_pos.end(), [](int64_t k) { return k > 0; });
@@ -503,38 +498,11 @@ PHA_INLINE void prototype_backward_tiles(const PrototypeProblem<T>& p, const T* 
   }
 }
 
-PHA_AVX512 void prototype_forward_avx512(const PrototypeProblem<float>& p, float* lse, int64_t t0, int64_t t1) {
-  prototype_forward_tiles(p, lse, t0, t1);
-}
-PHA_AVX512 void prototype_backward_avx512(const PrototypeProblem<float>& p, const float* lse, float* gz, float* gp,
-                                          int64_t t0, int64_t t1) {
-  prototype_backward_tiles(p, lse, gz, gp, t0, t1);
-}
-template <typename T>
-void prototype_forward_portable(const PrototypeProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  prototype_forward_tiles(p, lse, t0, t1);
-}
-template <typename T>
-void prototype_backward_portable(const PrototypeProblem<T>& p, const T* lse, T* gz, T* gp, int64_t t0,
-                                 int64_t t1) {
-  prototype_backward_tiles(p, lse, gz, gp, t0, t1);
-}
-
-template <typename T>
-void prototype_forward_run(const PrototypeProblem<T>& p, T* lse, int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return prototype_forward_avx512(p, lse, t0, t1);
-  }
-  prototype_forward_portable(p, lse, t0, t1);
-}
-
-template <typename T>
-void prototype_backward_run(const PrototypeProblem<T>& p, const T* lse, T* gz, T* gp, int64_t t0, int64_t t1) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (has_avx512()) return prototype_backward_avx512(p, lse, gz, gp, t0, t1);
-  }
-  prototype_backward_portable(p, lse, gz, gp, t0, t1);
-}
+PHA_ISA_VARIANTS(prototype_forward, prototype_forward_tiles,
+                 (const PrototypeProblem<T>& p, T* lse, int64_t t0, int64_t t1), (p, lse, t0, t1))
+PHA_ISA_VARIANTS(prototype_backward, prototype_backward_tiles,
+                 (const PrototypeProblem<T>& p, const T* lse, T* gz, T* gp, int64_t t0, int64_t t1),
+                 (p, lse, gz, gp, t0, t1))
 
 void check_prototypes(const at::Tensor& z, const at::Tensor& prototypes, const at::Tensor& labels) {
   TORCH_CHECK(prototypes.device().is_cpu(), "pha_cpu: prototypes must be on the CPU");
@@ -562,7 +530,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_forward(const at::Tensor& z, const 
   at::Tensor lse = at::empty({z.size(0)}, z.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "pha_prototype_forward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z), pn(prototypes);
+    const Normalized<T> zn(z, false), pn(prototypes, true);
     const int64_t* y = labels.const_data_ptr<int64_t>();
     const PrototypeProblem<T> p{zn, pn, y, T(1.0 / temperature), exclude_positive};
     T* lse_ptr = lse.mutable_data_ptr<T>();
@@ -592,7 +560,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_backward(const at::Tensor& grad_los
   at::Tensor grad_z, grad_p;
   AT_DISPATCH_FLOATING_TYPES(accumulation_type(z), "pha_prototype_backward", [&] {
     using T = scalar_t;
-    const Normalized<T> zn(z), pn(prototypes);
+    const Normalized<T> zn(z, false), pn(prototypes, true);
     const PrototypeProblem<T> p{zn, pn, labels.const_data_ptr<int64_t>(), T(1.0 / temperature), exclude_positive};
     const T* lse_ptr = lse.const_data_ptr<T>();
     // Row tiles are split into a fixed number of chunks (independent of the thread count),

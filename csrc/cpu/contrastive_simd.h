@@ -39,9 +39,18 @@ PHA_INLINE void store(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// Lane 0 shuffled to every lane: one broadcast, which the compiler takes straight from
+// memory. (`Vec<T>{} + x` adds a scalar +0 first, not an identity because of -0; a
+// constructor of identical lanes, or an index pack, gets assembled lane by lane.)
 template <typename T>
 PHA_INLINE Vec<T> splat(T x) {
-  return Vec<T>{} + x;
+  const Vec<T> v = {x};
+  if constexpr (Simd<T>::kLanes == 16) {
+    return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  } else {
+    static_assert(Simd<T>::kLanes == 8);
+    return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+  }
 }
 
 template <typename T>
