@@ -21,11 +21,6 @@ from . import _backend, _checks, reference
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
-# The backend choice is plain Python on constants (environment, imports): torch.compile runs
-# it once while tracing instead of tracing into importlib.
-_resolve = torch.compiler.assume_constant_result(_backend.resolve)
-
-
 def _accumulation_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
 
@@ -170,7 +165,7 @@ def supcon_loss(
     temperature = _validate_temperature(temperature)
     labels = _checks.index_tensor("labels", labels, z.shape[0], 2**62, "one class id per row of z")
     _checks.same_device({"z": z, "labels": labels})
-    name = _resolve(backend, z.device, "supcon")
+    name = _backend.resolve(backend, z.device, "supcon", z.dtype)
     if name == "reference":
         return reference.supcon_loss(z, labels, temperature)
     loss, _ = _supcon_forward(z.contiguous(), labels, temperature, name)
@@ -204,7 +199,7 @@ def prototype_loss(
         "labels", labels, z.shape[0], k, f"one prototype id in [0, {k}) per row of z"
     )
     _checks.same_device({"z": z, "prototypes": prototypes, "labels": labels})
-    name = _resolve(backend, z.device, "prototype")
+    name = _backend.resolve(backend, z.device, "prototype", z.dtype)
     if name == "reference":
         return reference.prototype_loss(z, prototypes, labels, temperature, exclude_positive)
     exclude_positive = bool(exclude_positive)
