@@ -21,6 +21,7 @@ from . import _backend, _checks, reference
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
+
 def _accumulation_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
 
