@@ -162,9 +162,17 @@ class Trainer:
         }
 
 
+def _set_threads(spec: dict) -> None:
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+
+
 def measure_time(spec: dict) -> dict[str, dict]:
     """Step times of every method, interleaved round by round (so that the load of a
     shared machine hits all methods alike)."""
+    _set_threads(spec)
     trainers = {m: Trainer(spec["backbone"], m, spec["batch"], spec["seq_len"]) for m in METHODS}
     for trainer in trainers.values():
         for _ in range(spec["warmup"]):
@@ -198,6 +206,7 @@ def measure_memory(spec: dict) -> dict:
         the method's modules built): activations, gradients and optimizer state;
       step_peak_mib: the same within the second step alone, over the RSS just before
         it (a steady-state step: the optimizer state already exists)."""
+    _set_threads(spec)
     trainer = Trainer(spec["backbone"], spec["method"], spec["batch"], spec["seq_len"])
     before = _rss_kib()
     trainer.step()
@@ -224,6 +233,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--backbones", nargs="*", default=None)
     ap.add_argument("--batches", nargs="*", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per measurement (default: torch's; 1 is far steadier on a busy machine)",
+    )
     ap.add_argument(
         "--in-process",
         action="store_true",
@@ -242,12 +258,13 @@ def main(argv=None) -> list[dict]:
     backbones = args.backbones or backbones
     batches = args.batches or batches
     repeats = args.repeats or repeats
+    warmup = args.warmup if args.warmup is not None else warmup
     measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
     results = []
     for backbone in backbones:
         for batch in batches:
             spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
-                        repeats=repeats)  # fmt: skip
+                        repeats=repeats, threads=args.threads)  # fmt: skip
             timed = measure("time", spec)
             for method in METHODS:
                 r = {**spec, "method": method, **timed[method],
