@@ -359,3 +359,25 @@ def test_pha_hypernetwork_per_layer_option():
         mixed = per_layer(ids, mask, task_ids=TASK_IDS).logits
         alone = per_layer(ids[1:2], mask[1:2], task_ids=TASK_IDS[1:2]).logits
     torch.testing.assert_close(mixed[1:2], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_add_task_on_the_other_methods():
+    ids, mask, _ = batch("bert")
+    examples = dict(input_ids=ids, attention_mask=mask)
+    model = build("hyperformer", "bert")
+    with pytest.raises(ValueError, match="only with init='mean'"):
+        model.add_task("new", examples, init="nearest", num_labels=2)
+    assert model.tasks == TASKS and len(model.heads) == len(TASKS)  # nothing changed
+    new = model.add_task("new", examples, init="mean", num_labels=4)
+    emb = model.task_embeddings.weight
+    torch.testing.assert_close(emb[new], emb[:new].mean(0))
+    out = model(ids, mask, task_ids=torch.full((6,), new))
+    assert out.logits.shape == (6, 4)
+    with pytest.raises(ValueError, match="AdapterModel does not support add_task"):
+        build("adapter_per_task", "bert").add_task("new", examples, num_labels=2)
+    shared = build("adapter", "t5")
+    assert shared.add_task("new", examples) == len(TASKS)
+    with pytest.raises(ValueError, match="already exists"):
+        shared.add_task("new", examples)
+    with pytest.raises(ValueError, match="needs num_labels"):
+        build("pha", "bert").add_task("x", examples)

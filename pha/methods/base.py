@@ -452,21 +452,24 @@ class PHAModel(nn.Module):
         Re-create the optimizer afterwards: new parameters were added."""
         if name in self.tasks:
             raise ValueError(f"task {name!r} already exists")
+        if self.backbone_kind == "encoder" and (num_labels is None or num_labels < 1):
+            raise ValueError(
+                "add_task on an encoder backbone needs num_labels >= 1 for the new head"
+            )
+        if self.backbone_kind != "encoder" and num_labels is not None:
+            raise ValueError("num_labels is only for encoder backbones")
+        self.add_task_conditioning(examples, init)  # first: it may refuse
         if self.backbone_kind == "encoder":
-            if num_labels is None or num_labels < 1:
-                raise ValueError(
-                    "add_task on an encoder backbone needs num_labels >= 1 for the new head"
-                )
             self.heads.append(nn.Linear(self.backbone.d_model, num_labels).to(self.device))
             self.config.num_labels.append(num_labels)
-        elif num_labels is not None:
-            raise ValueError("num_labels is only for encoder backbones")
-        self.add_task_conditioning(examples, init)
         self.config.tasks.append(name)
         return len(self.tasks) - 1
 
     def add_task_conditioning(self, examples: dict[str, torch.Tensor], init: str) -> None:
-        """Grow the method's per-task parameters by one task (default: nothing per task)."""
+        """Grow the method's per-task parameters by one task. Methods whose adapters do
+        not depend on the task need nothing; the others override this or refuse."""
+        if self.needs_task_ids:
+            raise ValueError(f"{type(self).__name__} does not support add_task")
 
     # ---- parameters, saving ------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

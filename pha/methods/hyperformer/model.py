@@ -71,3 +71,17 @@ class HyperFormerModel(PHAModel):
         if not self.config.train_layer_norms:
             return []
         return [p for m in self.backbone.layer_norms() for p in m.parameters()]
+
+    @torch.no_grad()
+    def add_task_conditioning(self, examples: dict[str, torch.Tensor], init: str) -> None:
+        """A new task embedding, the mean of the existing ones (init="mean"); HyperFormer++
+        has no retriever to find the nearest task, so init="nearest" is refused."""
+        if init != "mean":
+            raise ValueError(
+                f"HyperFormer++ initialises a new task only with init='mean', got {init!r}"
+            )
+        weight = self.task_embeddings.weight
+        self.task_embeddings.weight = nn.Parameter(
+            torch.cat([weight, weight.mean(0, keepdim=True)])
+        )
+        self.task_embeddings.num_embeddings += 1
