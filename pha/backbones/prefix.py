@@ -28,9 +28,9 @@ vectors in multi-head attention modules", of which a T5 decoder layer has two.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -132,7 +132,8 @@ def _prepend_columns(t: torch.Tensor, p: int, value: float | bool) -> torch.Tens
 
 def _prefixed_attention(module, query, key, value, attention_mask, *args, base: str, **kwargs):
     attend = _base_attention(module, base)
-    prefix = getattr(module, _PREFIX_ATTR, None)
+    source = getattr(module, _PREFIX_ATTR, None)
+    prefix = source() if source is not None else None
     if prefix is None:
         return attend(module, query, key, value, attention_mask, *args, **kwargs)
     prefix_key, prefix_value = (_repeat_to_batch(t, key.shape[0]).to(key.dtype) for t in prefix)
@@ -163,49 +164,47 @@ _register()
 
 
 class PrefixInjector:
-    """Lets `sites` of `model` take key/value prefixes while `use(...)` is active.
+    """Gives the attention modules `sites` of `model` the prefixes `source(i)` returns.
 
-    Switches the model to the "pha_prefix_<base>" attention implementation (outside
-    `use` it behaves exactly as the base one); `remove()` switches back.
+    source(i) is called by site i each time it runs and returns (keys, values), each
+    [B, kv_heads, P, head_dim] (B may be the caller's batch before generation expanded
+    it), or None for no prefix. It reads whatever per-call state its owner keeps, as the
+    methods' adapters do. Switches the model to the "pha_prefix_<base>" attention
+    implementation (without prefixes it computes exactly what the base one does);
+    `remove()` switches back and detaches the sources.
     """
 
-    def __init__(self, model: nn.Module, sites: Sequence[PrefixSite]):
-        base = model.config._attn_implementation
-        if base not in _BASES and not str(base).startswith("pha_prefix_"):
+    def __init__(
+        self,
+        model: nn.Module,
+        sites: Sequence[PrefixSite],
+        source: Callable[[int], tuple[torch.Tensor, torch.Tensor] | None],
+    ):
+        base = str(model.config._attn_implementation).removeprefix("pha_prefix_")
+        if base not in _BASES:
             raise ValueError(
-                f"prefixes need the model's attn_implementation to be one of {sorted(_BASES)}, got {base!r}; "
-                "load it with attn_implementation='sdpa' (or 'eager')"
+                f"prefixes need the model's attn_implementation to be one of {sorted(_BASES)}, got "
+                f"{model.config._attn_implementation!r}; load it with attn_implementation='sdpa' (or 'eager')"
             )
-        self.model, self.sites = model, list(sites)
-        self.base = str(base).removeprefix("pha_prefix_")
-        model.set_attn_implementation(_NAME.format(self.base))
+        self.model, self.sites, self.base = model, list(sites), base
+        for i, site in enumerate(self.sites):
+            setattr(site.module, _PREFIX_ATTR, functools.partial(_checked, source, i, site))
+        model.set_attn_implementation(_NAME.format(base))
 
     def remove(self) -> None:
-        """Restore the base attention implementation."""
+        """Restore the base attention implementation; the sites take no prefix any more."""
+        for site in self.sites:
+            setattr(site.module, _PREFIX_ATTR, None)
         self.model.set_attn_implementation(self.base)
 
-    @contextlib.contextmanager
-    def use(self, prefixes: Sequence[tuple[torch.Tensor, torch.Tensor] | None]) -> Iterator[None]:
-        """Give site i the prefix prefixes[i] = (keys, values), each [B, kv_heads, P, head_dim]
-        (or None: no prefix there) for the duration of the block."""
-        if len(prefixes) != len(self.sites):
-            raise ValueError(
-                f"prefixes must hold one (keys, values) per site ({len(self.sites)}), got {len(prefixes)}"
-            )
-        for site, prefix in zip(self.sites, prefixes):
-            if prefix is None:
-                continue
-            for which, t in zip(("keys", "values"), prefix):
-                if t.dim() != 4 or t.shape[1] != site.num_kv_heads or t.shape[3] != site.head_dim:
-                    raise ValueError(
-                        f"prefix {which} for {site.name} must have shape [B, {site.num_kv_heads}, P, "
-                        f"{site.head_dim}], got {list(t.shape)}"
-                    )
-        previous = [getattr(site.module, _PREFIX_ATTR, None) for site in self.sites]
-        try:
-            for site, prefix in zip(self.sites, prefixes):
-                setattr(site.module, _PREFIX_ATTR, prefix)
-            yield
-        finally:
-            for site, prefix in zip(self.sites, previous):
-                setattr(site.module, _PREFIX_ATTR, prefix)
+
+def _checked(source, i: int, site: PrefixSite):
+    prefix = source(i)
+    if prefix is not None:
+        for which, t in zip(("keys", "values"), prefix):
+            if t.dim() != 4 or t.shape[1] != site.num_kv_heads or t.shape[3] != site.head_dim:
+                raise ValueError(
+                    f"prefix {which} for {site.name} must have shape [B, {site.num_kv_heads}, P, "
+                    f"{site.head_dim}], got {list(t.shape)}"
+                )
+    return prefix
