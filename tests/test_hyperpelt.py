@@ -108,15 +108,18 @@ def test_without_prefix_the_backbone_is_unchanged(family, attn):
         torch.testing.assert_close(_run(model, family, input_ids, mask), before, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_prefix_matches_hf_prefilled_cache(family, attn):
+def test_prefix_matches_hf_prefilled_cache(family, attn, padded):
     """HF's own path: a cache pre-filled with the prefix, the mask extended by P ones and
     explicit position ids 0.. for the real tokens (so RoPE / absolute positions are those
-    of the unprefixed model)."""
+    of the unprefixed model). Unpadded, sdpa leaves the causal mask implicit (None)."""
     model = tiny(family)
     model.set_attn_implementation(attn)
     input_ids, mask, _ = batch(family)
+    if not padded:
+        mask = torch.ones_like(mask)
     b = input_ids.shape[0]
     sites = attention_sites(model)
     prefixes = _random_prefixes(sites, b)
@@ -351,6 +354,17 @@ def test_mixed_task_generate_equals_per_instance_generate(family, beams):
         for k in range(3)
     ]
     assert any(not torch.equal(others[0], o) for o in others[1:])  # tasks generate differently
+
+
+@pytest.mark.parametrize("family", GENERATIVE)
+def test_cached_generation_equals_full_recomputation(family):
+    """Incremental decoding (prefix + cache, one query) against recomputing the whole
+    sequence each step (prefix + an implicit causal mask, q == kv)."""
+    model = make(family)
+    input_ids, mask, _ = batch(family, b=3)
+    kw = dict(task_ids=torch.tensor([0, 2, 1]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    cached = model.generate(input_ids, mask, **kw)
+    assert torch.equal(cached, model.generate(input_ids, mask, use_cache=False, **kw))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
