@@ -284,7 +284,8 @@ class PHAModel(nn.Module):
         """Task loss (+ weighted auxiliary losses when labels and task ids are given).
 
         Encoder: labels [B] class ids; logits [B, max(num_labels)]. T5 / decoder-only:
-        labels are token ids (-100 ignored) and logits the LM logits."""
+        labels are token ids (-100 ignored) and logits the LM logits; T5 without labels
+        or decoder_input_ids decodes one step from the decoder start token."""
         pool_mask = self._pool_mask(input_ids, attention_mask, labels)
         with self._conditioned(input_ids, task_ids, pool_mask) as ctx:
             given = ctx.task_ids is not None
@@ -303,14 +304,15 @@ class PHAModel(nn.Module):
             return PHAOutput(loss, logits, aux, ctx.task_ids, ctx.z)
 
     def _lm(self, input_ids, attention_mask, labels, kwargs):
-        if (
-            self.backbone_kind == "seq2seq"
-            and labels is not None
-            and "decoder_input_ids" not in kwargs
-        ):
-            kwargs["decoder_input_ids"] = self.base_model.prepare_decoder_input_ids_from_labels(
-                labels=labels
-            )
+        decoder_inputs = {"decoder_input_ids", "decoder_inputs_embeds"} & set(kwargs)
+        if self.backbone_kind == "seq2seq" and not decoder_inputs:
+            if labels is not None:
+                kwargs["decoder_input_ids"] = self.base_model.prepare_decoder_input_ids_from_labels(
+                    labels=labels
+                )
+            else:  # no decoder input given: the logits of the first decoding step
+                start = self.base_model.config.decoder_start_token_id
+                kwargs["decoder_input_ids"] = input_ids.new_full((input_ids.shape[0], 1), start)
         out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = out.logits
         if labels is None:
@@ -467,11 +469,18 @@ class PHAModel(nn.Module):
             raise ValueError(f"{CONFIG_NAME} names method {method!r}; known: {sorted(METHODS)}")
         model = get_model(base_model, METHODS[method](**saved))
         weights = load_file(os.path.join(path, WEIGHTS_NAME), device=str(model.device))
-        expected = set(model.trainable_state_dict())
-        if set(weights) != expected:
+        expected = {n: tuple(t.shape) for n, t in model.trainable_state_dict().items()}
+        found = {n: tuple(t.shape) for n, t in weights.items()}
+        if found != expected:
+            differ = sorted(
+                n for n in set(found) | set(expected) if found.get(n) != expected.get(n)
+            )
             raise ValueError(
-                f"saved weights do not match the model: missing {sorted(expected - set(weights))[:5]}, "
-                f"unexpected {sorted(set(weights) - expected)[:5]}"
+                f"saved weights do not match the model built on this backbone: "
+                f"{len(differ)} tensors missing, unexpected or of another shape, e.g. "
+                + ", ".join(
+                    f"{n}: saved {found.get(n)} vs model {expected.get(n)}" for n in differ[:3]
+                )
             )
         model.load_state_dict(weights, strict=False)
         return model
