@@ -11,12 +11,11 @@ from ...backbones.prefix import PrefixInjector, attention_sites
 from ...modules import HyperNetwork
 from ...modules.prefix import PrefixGenerator
 from ..base import Context, PHAModel, register
-from ..pha.model import adapter_shapes, generated_adapter
+from ..generated import ADAPTER_TENSORS, adapter_shapes, apply_generated_adapter
 from .config import HyperPELTConfig
 
 SELF_ATTENTION, CROSS_ATTENTION, FFN = range(3)  # the block axis of the hypernetwork's sites
 BLOCKS = 3
-ADAPTER_NAMES = ("w_down", "b_down", "w_up", "b_up")
 
 
 @register
@@ -62,7 +61,7 @@ class HyperPELTModel(PHAModel):
             init=cfg.hypernet_init,
         )
         for i, layer in enumerate(bb.layers):
-            bb.add_parallel_adapter(layer, generated_adapter(self, i, cfg.adapter_activation))
+            bb.add_parallel_adapter(layer, self._adapter(i))
         self.injector = PrefixInjector(self.base_model, sites, self._prefix)
         self._visual_features: torch.Tensor | None = None
 
@@ -83,7 +82,7 @@ class HyperPELTModel(PHAModel):
             visual = visual.to(self.visual_proj.weight.dtype)
             cond = torch.cat([self.task_embeddings(ctx.task_ids), self.visual_proj(visual)], -1)
         ctx.weights = {
-            **self.hypernet(cond, names=ADAPTER_NAMES, sites=self.adapter_sites),
+            **self.hypernet(cond, names=ADAPTER_TENSORS, sites=self.adapter_sites),
             **self.prefixes.generate(self.hypernet, cond),
         }
 
@@ -101,6 +100,15 @@ class HyperPELTModel(PHAModel):
             torch.cat([weight, weight.mean(0, keepdim=True)])
         )
         self.task_embeddings.num_embeddings += 1
+
+    def _adapter(self, layer: int):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            ctx, cfg = self.ctx(), self.config
+            return apply_generated_adapter(
+                x, ctx.weights, layer, ctx.index, cfg.adapter_activation, cfg.backend
+            )
+
+        return fn
 
     def _prefix(self, site: int) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = self.ctx()
