@@ -35,12 +35,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 _PREFIX_ATTR = "_pha_prefix"
-_BASES = {"sdpa": sdpa_mask, "eager": eager_mask}
+_BASES = ("eager", "sdpa")
 _NAME = "pha_prefix_{}"
 
 
@@ -98,6 +95,8 @@ def attention_sites(model: nn.Module, cross_attention: bool = True) -> list[Pref
 
 def _base_attention(module: nn.Module, base: str):
     if base == "sdpa":
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         return ALL_ATTENTION_FUNCTIONS["sdpa"]
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if eager is None:
@@ -151,16 +150,20 @@ def _prefixed_attention(module, query, key, value, attention_mask, *args, base: 
     return attend(module, query, key, value, attention_mask, *args, **kwargs)
 
 
+@functools.cache
 def _register() -> None:
-    for base, mask in _BASES.items():
+    """Register "pha_prefix_<base>" with transformers (on first use: importing pha stays
+    free of transformers); the masks are the base implementation's own."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+    masks = {"eager": eager_mask, "sdpa": sdpa_mask}
+    for base in _BASES:
         name = _NAME.format(base)
         AttentionInterface.register(
             name, lambda *a, _base=base, **k: _prefixed_attention(*a, base=_base, **k)
         )
-        AttentionMaskInterface.register(name, mask)
-
-
-_register()
+        AttentionMaskInterface.register(name, masks[base])
 
 
 class PrefixInjector:
@@ -183,9 +186,10 @@ class PrefixInjector:
         base = str(model.config._attn_implementation).removeprefix("pha_prefix_")
         if base not in _BASES:
             raise ValueError(
-                f"prefixes need the model's attn_implementation to be one of {sorted(_BASES)}, got "
+                f"prefixes need the model's attn_implementation to be one of {list(_BASES)}, got "
                 f"{model.config._attn_implementation!r}; load it with attn_implementation='sdpa' (or 'eager')"
             )
+        _register()
         self.model, self.sites, self.base = model, list(sites), base
         for i, site in enumerate(self.sites):
             setattr(site.module, _PREFIX_ATTR, functools.partial(_checked, source, i, site))
