@@ -446,7 +446,9 @@ def test_visual_conditioning(family):
 def test_errors():
     model = make("t5", **VISUAL)
     input_ids, mask, _ = batch("t5")
-    with pytest.raises(ValueError, match=r"visual_features must be a tensor of shape \[6, 5\]"):
+    with pytest.raises(TypeError, match="visual_features must be a floating-point tensor"):
+        model(input_ids, mask, task_ids=torch.zeros(6, dtype=torch.long), visual_features=[0.0] * 5)
+    with pytest.raises(ValueError, match=r"visual_features must have shape \[6, 5\]"):
         model(
             input_ids,
             mask,

@@ -30,8 +30,9 @@ class HyperPELTConfig(MethodConfig):
         gives every site axis one width).
     visual_dim: width of an optional per-instance conditioning vector (vision-and-
         language: image features), passed to forward / generate as
-        `visual_features` [B, visual_dim]; None for text-only. With it, the generated
-        prefixes and adapters are instance-specific.
+        `visual_features` [B, visual_dim]; None for text-only. With them, the generated
+        prefixes and adapters are instance-specific; calls without them (text-only
+        tasks) use a zero visual embedding and per-task weights.
     visual_embed_dim: width of the visual embedding Linear(visual_dim, .) joining the
         hyper-embedding (64).
     hypernet_hidden_dim, hypernet_out_dim: the hypernetwork trunk widths (128, 64).

@@ -10,7 +10,7 @@ from torch import nn
 from ...backbones.prefix import PrefixInjector, attention_sites
 from ...modules import HyperNetwork
 from ...modules.prefix import PrefixGenerator
-from ..base import Context, PHAModel, register
+from ..base import Context, PHAModel, PHAOutput, register
 from ..generated import ADAPTER_TENSORS, adapter_shapes, apply_generated_adapter
 from .config import HyperPELTConfig
 
@@ -121,18 +121,22 @@ class HyperPELTModel(PHAModel):
         if visual_features is not None:
             if self.config.visual_dim is None:
                 raise ValueError("visual_features given, but the config has visual_dim=None")
-            expected = (input_ids.shape[0], self.config.visual_dim)
             if (
                 not isinstance(visual_features, torch.Tensor)
-                or tuple(visual_features.shape) != expected
+                or not visual_features.is_floating_point()
             ):
-                got = (
-                    list(visual_features.shape)
-                    if isinstance(visual_features, torch.Tensor)
-                    else type(visual_features).__name__
+                raise TypeError(
+                    f"visual_features must be a floating-point tensor, got {type(visual_features).__name__}"
+                    + (
+                        f" of {visual_features.dtype}"
+                        if isinstance(visual_features, torch.Tensor)
+                        else ""
+                    )
                 )
+            expected = [input_ids.shape[0], self.config.visual_dim]
+            if list(visual_features.shape) != expected:
                 raise ValueError(
-                    f"visual_features must be a tensor of shape {list(expected)}, got {got}"
+                    f"visual_features must have shape {expected} ([B, visual_dim]), got {list(visual_features.shape)}"
                 )
         self._visual_features = visual_features
         try:
@@ -142,20 +146,25 @@ class HyperPELTModel(PHAModel):
 
     def forward(
         self,
-        input_ids,
-        attention_mask=None,
-        labels=None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         task_ids=None,
-        visual_features=None,
+        visual_features: torch.Tensor | None = None,
         **kwargs,
-    ):
+    ) -> PHAOutput:
         """PHAModel.forward, plus `visual_features` [B, visual_dim] (configs with visual_dim)."""
         with self._visual(visual_features, input_ids):
             return super().forward(input_ids, attention_mask, labels, task_ids, **kwargs)
 
     @torch.no_grad()
     def generate(
-        self, input_ids, attention_mask=None, task_ids=None, visual_features=None, **kwargs
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        task_ids=None,
+        visual_features: torch.Tensor | None = None,
+        **kwargs,
     ):
         """PHAModel.generate, plus `visual_features` [B, visual_dim] (configs with visual_dim)."""
         with self._visual(visual_features, input_ids):
