@@ -303,6 +303,14 @@ class PHAModel(nn.Module):
                 loss = task_loss + sum(aux.values()) if aux else task_loss
             return PHAOutput(loss, logits, aux, ctx.task_ids, ctx.z)
 
+    def _positions(self, attention_mask, kwargs):
+        """Decoder-only: position ids from the attention mask, as HF generate derives them,
+        so that a left-padded prompt is encoded alike in forward, retrieve and generate."""
+        if self.backbone_kind != "decoder" or attention_mask is None or "position_ids" in kwargs:
+            return kwargs
+        positions = attention_mask.long().cumsum(-1) - 1
+        return {**kwargs, "position_ids": positions.masked_fill(attention_mask == 0, 1)}
+
     def _lm(self, input_ids, attention_mask, labels, kwargs):
         decoder_inputs = {"decoder_input_ids", "decoder_inputs_embeds"} & set(kwargs)
         if self.backbone_kind == "seq2seq" and not decoder_inputs:
@@ -313,6 +321,7 @@ class PHAModel(nn.Module):
             else:  # no decoder input given: the logits of the first decoding step
                 start = self.base_model.config.decoder_start_token_id
                 kwargs["decoder_input_ids"] = input_ids.new_full((input_ids.shape[0], 1), start)
+        kwargs = self._positions(attention_mask, kwargs)
         out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = out.logits
         if labels is None:
@@ -405,7 +414,8 @@ class PHAModel(nn.Module):
                         input_ids=input_ids, attention_mask=attention_mask
                     )
                 else:
-                    self.base_model(input_ids=input_ids, attention_mask=attention_mask)
+                    kwargs = self._positions(attention_mask, {})
+                    self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             except _StopAtSplit:
                 pass
             return ctx.z
