@@ -192,6 +192,10 @@ def test_injector_errors():
     model.config._attn_implementation_internal = "flex_attention"
     with pytest.raises(ValueError, match="attn_implementation"):
         PrefixInjector(model, sites, lambda i: None)
+    model = tiny("bert")
+    model.set_attn_implementation = lambda name: None  # a model HF cannot switch (it only warns)
+    with pytest.raises(TypeError, match="did not route"):
+        PrefixInjector(model, attention_sites(model), lambda i: None)
     with pytest.raises(ValueError, match="divide"):
         model = tiny("gpt2")
         sites = attention_sites(model)

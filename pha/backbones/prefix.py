@@ -193,7 +193,16 @@ class PrefixInjector:
         self.model, self.sites, self.base = model, list(sites), base
         for i, site in enumerate(self.sites):
             setattr(site.module, _PREFIX_ATTR, functools.partial(_checked, source, i, site))
-        model.set_attn_implementation(_NAME.format(base))
+        name = _NAME.format(base)
+        model.set_attn_implementation(name)
+        # HF only warns when a model cannot switch: never let prefixes be silently ignored
+        stale = [s.name for s in self.sites if s.module.config._attn_implementation != name]
+        if stale:
+            self.remove()
+            raise TypeError(
+                f"{type(model).__name__} did not route {stale[:3]} through the attention "
+                "interface, so prefixes cannot reach them"
+            )
 
     def remove(self) -> None:
         """Restore the base attention implementation; the sites take no prefix any more."""
