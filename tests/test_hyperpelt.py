@@ -39,23 +39,13 @@ def make(family: str, seed: int = 0, loud: bool = True, **overrides) -> pha.PHAM
     return model
 
 
-def logits(model, family, input_ids, mask, **kw):
-    if family == "t5" and "labels" not in kw:
-        kw["decoder_input_ids"] = input_ids[:, :4]
-    return model(input_ids, mask, **kw).logits
-
-
 def num_layers(family: str) -> int:
     layers = LAYERS[family]
     return sum(layers) if isinstance(layers, tuple) else layers
 
 
-def prefix_sites(family: str) -> int:
-    return LAYERS["t5"][0] + 2 * LAYERS["t5"][1] if family == "t5" else LAYERS[family]
-
-
 def kv_dim(family: str) -> int:
-    return D // 2 if family == "llama" else D  # the tiny LLaMA has 2 kv heads of 4
+    return D // 2 if family == "llama" else D  # the tiny LLaMA: 2 kv heads of width 8
 
 
 # ---- prefix injection ------------------------------------------------------------------
