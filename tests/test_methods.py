@@ -322,3 +322,23 @@ def test_split_layer_is_configurable():
     model = build("pha", "bert", split_layer=1)
     assert len(model.lower_adapters) == 1
     assert model.hypernet.num_sites == 3
+
+
+@pytest.mark.parametrize("family", ["t5", "bert", "llama"])
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    grads = []
+    for checkpointing in (False, True):
+        model = build("pha", family)
+        scramble(model)
+        model.train()
+        if checkpointing:
+            base = model.base_model
+            (
+                getattr(base, "activation_checkpointing_enable", None)
+                or base.gradient_checkpointing_enable
+            )()
+        ids, mask, labels = batch(family)
+        model(ids, mask, labels=labels, task_ids=TASK_IDS).loss.backward()
+        grads.append({n: p.grad for n, p in trainable(model).items()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, msg=name)

@@ -107,6 +107,18 @@ def expand_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.repeat_interleave(n // t.shape[0], dim=0)
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether HF activation (gradient) checkpointing is on (named either way by version)."""
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), attr):
+            return bool(getattr(model, attr))
+    return False
+
+
+def _in_backward() -> bool:
+    return torch._C._current_graph_task_id() != -1
+
+
 class _StopAtSplit(Exception):
     """Raised by the split hook to end a forward once the retriever has run (retrieve)."""
 
@@ -151,6 +163,7 @@ class PHAModel(nn.Module):
         self.backbone: Backbone = attach(base_model, config.split_layer)
         self.backbone_kind = self.backbone.kind
         self._ctx: Context | None = None
+        self._checkpoint_ctx: Context | None = None
         if self.backbone_kind == "encoder":
             if config.num_labels is None:
                 raise ValueError("encoder backbones need num_labels (per-task class counts)")
@@ -230,7 +243,12 @@ class PHAModel(nn.Module):
 
     # ---- conditioning context --------------------------------------------------------
     def ctx(self) -> Context:
-        """The current call's context (error if the backbone is run outside the wrapper)."""
+        """The current call's context (error if the backbone is run outside the wrapper).
+
+        Under gradient checkpointing the backward pass re-runs the blocks after the call
+        has returned: they get the context of the call being differentiated."""
+        if self._ctx is None and self._checkpoint_ctx is not None and _in_backward():
+            return self._checkpoint_ctx
         if self._ctx is None:
             raise RuntimeError(
                 "the backbone's adapters need per-call conditioning: call the PHAModel "
@@ -255,6 +273,9 @@ class PHAModel(nn.Module):
             self.condition(self._ctx)
             yield self._ctx
         finally:
+            # kept only when needed: a context can hold large generated weights
+            keep = self.training and _checkpointing(self.base_model)
+            self._checkpoint_ctx = self._ctx if keep else None
             self._ctx = None
 
     def _split_hook(self, hidden: torch.Tensor) -> None:
