@@ -499,3 +499,24 @@ def test_a_dozen_steps_lower_the_loss_on_a_toy_multi_task_problem():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    """The recomputation in backward reads the prefixes of the call being differentiated."""
+    grads = []
+    for checkpointing in (False, True):
+        model = make(family).train()
+        if checkpointing:
+            base = model.base_model
+            (
+                getattr(base, "activation_checkpointing_enable", None)
+                or base.gradient_checkpointing_enable
+            )()
+        input_ids, mask, labels = batch(family)
+        model(
+            input_ids, mask, labels=labels, task_ids=torch.tensor([0, 1, 2, 2, 1, 0])
+        ).loss.backward()
+        grads.append({n: p.grad for n, p in trainable(model).items()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, msg=name)
