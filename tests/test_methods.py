@@ -342,3 +342,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
         grads.append({n: p.grad for n, p in trainable(model).items()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, msg=name)
+
+
+def test_pha_hypernetwork_per_layer_option():
+    from method_utils import OUT, D, E, H, R, heads_params
+
+    shared = build("pha", "bert")
+    per_layer = build("pha", "bert", hypernet_per_layer=True)
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if n.startswith("hypernet."))  # noqa: E731
+    trunk = (E * H + H) + (H * OUT + OUT) + 2 * OUT  # no layer embedding in the input
+    assert count(per_layer) == 2 * (trunk + heads_params(OUT, [D * R, R, R * D, D]))
+    assert count(shared) != count(per_layer)
+    scramble(per_layer)
+    ids, mask, _ = batch("bert")
+    with torch.no_grad():
+        mixed = per_layer(ids, mask, task_ids=TASK_IDS).logits
+        alone = per_layer(ids[1:2], mask[1:2], task_ids=TASK_IDS[1:2]).logits
+    torch.testing.assert_close(mixed[1:2], alone, atol=1e-5, rtol=1e-5)

@@ -133,7 +133,6 @@ class Context:
     weights: dict[str, torch.Tensor] | None = None  # generated tensors, [sites, G, ...]
     index: torch.Tensor | None = None  # [B] into G (None: one set per instance)
     stop_at_split: bool = False
-    retrieved: bool = False
 
 
 @dataclass

@@ -60,7 +60,6 @@ class PHAForModel(PHAModel):
             return
         if ctx.task_ids is None:  # inference without a task: the nearest prototype
             ctx.task_ids = self.prototypes.nearest(ctx.z)[0]
-            ctx.retrieved = True
         # Weights depend only on (task, layer): generate them once per task in the batch.
         tasks, ctx.index = torch.unique(ctx.task_ids, return_inverse=True)
         ctx.weights = self.hypernet(self.prototypes(tasks))
