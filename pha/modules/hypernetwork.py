@@ -12,6 +12,7 @@ the conditioning alone (no site embeddings).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -32,9 +33,9 @@ class _Generator(nn.Module):
             {name: nn.Linear(out_dim, math.prod(shape)) for name, shape in shapes.items()}
         )
 
-    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         u = self.trunk(inputs)
-        return {name: head(u) for name, head in self.heads.items()}
+        return {name: self.heads[name](u) for name in names}
 
 
 class HyperNetwork(nn.Module):
@@ -53,7 +54,8 @@ class HyperNetwork(nn.Module):
             1-D heads U(+-1e-3 sqrt(3 / out_dim)), head biases 0, trunk PyTorch default)
             or "normal" (HyperFormer: every Linear N(0, 1e-2), biases 0).
         layer_norm_eps: epsilon of the trunk's LayerNorm.
-    forward(cond) -> {name: Tensor [num_sites, N, *shape]}.
+    forward(cond, names=None, sites=None) -> {name: Tensor [len(sites), N, *shape]} (all
+        names and all sites by default).
     """
 
     def __init__(
@@ -125,17 +127,30 @@ class HyperNetwork(nn.Module):
             [emb(g.reshape(-1)) for emb, g in zip(self.site_embeddings, grids)], dim=-1
         )
 
-    def forward(self, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        cond: torch.Tensor,
+        names: Sequence[str] | None = None,
+        sites: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """names: the tensors to generate (default all); sites: the flat site ids to
+        generate them for (default all), e.g. when different sites need different tensors."""
         if cond.dim() != 2:
             raise ValueError(f"cond must have shape [N, cond_dim], got {list(cond.shape)}")
-        n, s = cond.shape[0], self.num_sites
+        names = tuple(self.shapes) if names is None else tuple(names)
+        if unknown := set(names) - set(self.shapes):
+            raise ValueError(f"names must be among {sorted(self.shapes)}, got {sorted(unknown)}")
+        sites = list(range(self.num_sites)) if sites is None else list(sites)
+        if any(not 0 <= i < self.num_sites for i in sites):
+            raise ValueError(f"sites must lie in [0, {self.num_sites}), got {sites}")
+        n, s = cond.shape[0], len(sites)
         if self.per_site:
-            outs = [gen(cond) for gen in self.generators]
-            flat = {name: torch.stack([o[name] for o in outs]) for name in self.shapes}
+            outs = [self.generators[i](cond, names) for i in sites]
+            flat = {name: torch.stack([o[name] for o in outs]) for name in names}
         else:
-            sites = self.site_inputs().to(cond.dtype)
+            site_in = self.site_inputs()[sites].to(cond.dtype)
             inputs = torch.cat(
-                [cond.unsqueeze(0).expand(s, -1, -1), sites.unsqueeze(1).expand(-1, n, -1)], -1
+                [cond.unsqueeze(0).expand(s, -1, -1), site_in.unsqueeze(1).expand(-1, n, -1)], -1
             )
-            flat = self.generator(inputs.reshape(s * n, -1))
-        return {name: flat[name].reshape(s, n, *shape) for name, shape in self.shapes.items()}
+            flat = self.generator(inputs.reshape(s * n, -1), names)
+        return {name: flat[name].reshape(s, n, *self.shapes[name]) for name in names}

@@ -1,0 +1,4 @@
+from .config import HyperPELTConfig
+from .model import HyperPELTModel
+
+__all__ = ["HyperPELTConfig", "HyperPELTModel"]
