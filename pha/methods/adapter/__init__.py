@@ -1,0 +1,4 @@
+from .config import AdapterConfig
+from .model import AdapterModel
+
+__all__ = ["AdapterConfig", "AdapterModel"]

@@ -1,0 +1,4 @@
+from .config import PHAConfig
+from .model import PHAForModel
+
+__all__ = ["PHAConfig", "PHAForModel"]

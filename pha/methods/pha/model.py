@@ -1,0 +1,104 @@
+"""PHA on any supported backbone (see PHAConfig and METHOD.md)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ... import ops
+from ...modules import Adapter, HyperNetwork, InstanceRetriever, PrototypeBank
+from ..base import Context, PHAModel, expand_rows, register
+from .config import PHAConfig
+
+
+def adapter_shapes(d: int, r: int) -> dict[str, tuple[int, ...]]:
+    return {"w_down": (d, r), "b_down": (r,), "w_up": (r, d), "b_up": (d,)}
+
+
+def generated_adapter(model: PHAModel, site: int, activation: str):
+    """An adapter fn reading site `site` of the call's generated weights (ctx.weights
+    [sites, G, ...] with ctx.index [B], or G == B sets when ctx.index is None)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        ctx = model.ctx()
+        if ctx.weights is None:
+            raise RuntimeError("the upper-half adapters ran before their weights were generated")
+        n = x.shape[0]
+        w = [ctx.weights[k][site].to(x.dtype) for k in ("w_down", "b_down", "w_up", "b_up")]
+        if ctx.index is None:
+            w = [expand_rows(t, n) for t in w]
+            index = None
+        else:
+            index = expand_rows(ctx.index, n)
+        return ops.hyper_adapter(
+            x, *w, index=index, activation=activation, backend=model.config.backend
+        )
+
+    return fn
+
+
+@register
+class PHAForModel(PHAModel):
+    """Parameters: lower_adapters.<i>.*, retriever.*, prototypes.weight, hypernet.* (+ heads)."""
+
+    config_class = PHAConfig
+    needs_task_ids = True
+    can_retrieve = True
+
+    def build(self) -> None:
+        cfg, bb = self.config, self.backbone
+        d, r, e = bb.d_model, cfg.adapter_dim, cfg.hyper_embed_dim
+        self.lower_adapters = nn.ModuleList(
+            Adapter(d, r, activation="relu", init_gain=cfg.lower_init_gain, backend=cfg.backend)
+            for _ in bb.lower
+        )
+        for layer, adapter in zip(bb.lower, self.lower_adapters):
+            bb.add_parallel_adapter(layer, adapter)
+        self.retriever = InstanceRetriever(d, cfg.retriever_hidden_dim, e)
+        self.prototypes = PrototypeBank(len(cfg.tasks), e)
+        self.hypernet = HyperNetwork(
+            cond_dim=e,
+            shapes=adapter_shapes(d, r),
+            site_sizes=(len(bb.upper),),
+            site_embed_dim=e,
+            hidden_dim=cfg.hypernet_hidden_dim,
+            out_dim=cfg.hypernet_out_dim,
+            per_site=cfg.hypernet_per_layer,
+            init="hyperfanin",
+        )
+        for site, layer in enumerate(bb.upper):
+            bb.add_parallel_adapter(layer, generated_adapter(self, site, "relu"))
+
+    def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:
+        mask = expand_rows(ctx.pool_mask, hidden.shape[0])
+        ctx.z = self.retriever(hidden, mask)
+        if ctx.stop_at_split:
+            return
+        if ctx.task_ids is None:  # inference without a task: the nearest prototype
+            ctx.task_ids = self.prototypes.nearest(ctx.z)[0]
+            ctx.retrieved = True
+        # Weights depend only on (task, layer): generate them once per task in the batch.
+        tasks, ctx.index = torch.unique(ctx.task_ids, return_inverse=True)
+        ctx.weights = self.hypernet(self.prototypes(tasks))
+
+    def aux_losses(self, ctx: Context) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        z = ops.all_gather_with_grad(ctx.z)
+        labels = ops.all_gather_with_grad(expand_rows(ctx.task_ids, ctx.z.shape[0]))
+        ins = ops.supcon_loss(z, labels, cfg.temperature, backend=cfg.backend)
+        pro = ops.prototype_loss(
+            z,
+            self.prototypes.weight.to(z.dtype),
+            labels,
+            cfg.temperature,
+            exclude_positive=cfg.exclude_positive,
+            backend=cfg.backend,
+        )
+        return {"ins": cfg.ins_weight * ins, "pro": cfg.pro_weight * pro}
+
+    @torch.no_grad()
+    def add_task_conditioning(self, examples: dict[str, torch.Tensor], init: str) -> None:
+        """A new prototype from the retriever's embeddings of the examples: a copy of the
+        nearest source prototype (init="nearest") or their mean direction (init="mean")."""
+        z = self.embed(examples["input_ids"], examples.get("attention_mask"))
+        self.prototypes.add(z, init)

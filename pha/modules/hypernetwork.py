@@ -1,0 +1,141 @@
+"""A generic hypernetwork: conditioning embeddings -> any set of tensors (adapter weights,
+LayerNorm gains, prefixes, ...) for every "site" (a layer, or a (layer, position) pair).
+
+Shared form (the default, one generator for all sites; PHA, HyperFormer++, HyperDecoders):
+    u = LayerNorm(Linear(hidden, out)(ReLU(Linear(c + E, hidden)([cond ; site_embedding]))))
+    tensor_name = head_name(u).view(shape)
+where site_embedding concatenates one learned embedding per site axis (e.g. the layer,
+or the layer and the position). Per-site form (per_site=True): one generator per site on
+the conditioning alone (no site embeddings).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+INITS = ("hyperfanin", "normal")
+
+
+class _Generator(nn.Module):
+    def __init__(self, in_dim, shapes, hidden_dim, out_dim, eps):
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, out_dim),
+            nn.LayerNorm(out_dim, eps=eps),
+        )
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(out_dim, math.prod(shape)) for name, shape in shapes.items()}
+        )
+
+    def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        u = self.trunk(inputs)
+        return {name: head(u) for name, head in self.heads.items()}
+
+
+class HyperNetwork(nn.Module):
+    """Generates `shapes` (name -> per-instance shape) for every site from `cond` [N, cond_dim].
+
+    Args:
+        cond_dim: width of the conditioning input (a prototype, a task embedding, ...).
+        shapes: e.g. {"w_down": (d, r), "b_down": (r,), "w_up": (r, d), "b_up": (d,)}.
+            A 2-D shape (fan_in, fan_out) is a weight matrix applied as x @ W.
+        site_sizes: size of each site axis, e.g. (L,) for layers or (L, 2) for
+            (layer, position); sites are the row-major product (layer-major).
+        site_embed_dim: width of each site axis's embedding.
+        hidden_dim, out_dim: the trunk widths (128 and 64 in the releases).
+        per_site: one generator per site instead of one shared generator.
+        init: "hyperfanin" (PHA: weight heads U(+-1e-3 sqrt(3 / (out_dim * fan_in))),
+            1-D heads U(+-1e-3 sqrt(3 / out_dim)), head biases 0, trunk PyTorch default)
+            or "normal" (HyperFormer: every Linear N(0, 1e-2), biases 0).
+        layer_norm_eps: epsilon of the trunk's LayerNorm.
+    forward(cond) -> {name: Tensor [num_sites, N, *shape]}.
+    """
+
+    def __init__(
+        self,
+        cond_dim: int,
+        shapes: dict[str, tuple[int, ...]],
+        site_sizes: tuple[int, ...] = (1,),
+        site_embed_dim: int = 64,
+        hidden_dim: int = 128,
+        out_dim: int = 64,
+        per_site: bool = False,
+        init: str = "hyperfanin",
+        layer_norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if not shapes:
+            raise ValueError("shapes must name at least one tensor to generate")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if not site_sizes or any(s <= 0 for s in site_sizes):
+            raise ValueError(f"site_sizes must be positive sizes, got {site_sizes}")
+        self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        self.site_sizes = tuple(site_sizes)
+        self.num_sites = math.prod(site_sizes)
+        self.per_site = per_site
+        if per_site:
+            self.site_embeddings = nn.ModuleList()
+            self.generators = nn.ModuleList(
+                _Generator(cond_dim, self.shapes, hidden_dim, out_dim, layer_norm_eps)
+                for _ in range(self.num_sites)
+            )
+        else:
+            self.site_embeddings = nn.ModuleList(
+                nn.Embedding(size, site_embed_dim) for size in site_sizes
+            )
+            in_dim = cond_dim + site_embed_dim * len(site_sizes)
+            self.generator = _Generator(in_dim, self.shapes, hidden_dim, out_dim, layer_norm_eps)
+        self._init(init, out_dim)
+
+    def _generators(self) -> list[_Generator]:
+        return list(self.generators) if self.per_site else [self.generator]
+
+    @torch.no_grad()
+    def _init(self, init: str, out_dim: int) -> None:
+        for gen in self._generators():
+            if init == "normal":
+                for m in gen.modules():
+                    if isinstance(m, nn.Linear):
+                        nn.init.normal_(m.weight, std=1e-2)
+                        nn.init.zeros_(m.bias)
+                continue
+            for name, head in gen.heads.items():
+                shape = self.shapes[name]
+                fan = shape[0] if len(shape) == 2 else 1
+                bound = 1e-3 * math.sqrt(3.0 / (out_dim * fan))
+                nn.init.uniform_(head.weight, -bound, bound)
+                nn.init.zeros_(head.bias)
+
+    def site_inputs(self) -> torch.Tensor:
+        """[num_sites, site_embed_dim * axes]: the concatenated embeddings of every site."""
+        grids = torch.meshgrid(
+            *(
+                torch.arange(s, device=self.site_embeddings[0].weight.device)
+                for s in self.site_sizes
+            ),
+            indexing="ij",
+        )
+        return torch.cat(
+            [emb(g.reshape(-1)) for emb, g in zip(self.site_embeddings, grids)], dim=-1
+        )
+
+    def forward(self, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        if cond.dim() != 2:
+            raise ValueError(f"cond must have shape [N, cond_dim], got {list(cond.shape)}")
+        n, s = cond.shape[0], self.num_sites
+        if self.per_site:
+            outs = [gen(cond) for gen in self.generators]
+            flat = {name: torch.stack([o[name] for o in outs]) for name in self.shapes}
+        else:
+            sites = self.site_inputs().to(cond.dtype)
+            inputs = torch.cat(
+                [cond.unsqueeze(0).expand(s, -1, -1), sites.unsqueeze(1).expand(-1, n, -1)], -1
+            )
+            flat = self.generator(inputs.reshape(s * n, -1))
+        return {name: flat[name].reshape(s, n, *shape) for name, shape in self.shapes.items()}
