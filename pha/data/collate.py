@@ -46,8 +46,16 @@ class Collator:
     """Callable turning [(task_id, example), ...] into a dict of tensors."""
 
     def __init__(
-        self, tokenizer, kind: str, tasks: list[Task], max_length: int, prefix: bool = True
+        self,
+        tokenizer,
+        kind: str,
+        tasks: list[Task],
+        max_length: int,
+        prefix: bool = True,
+        id_offset: int = 0,
     ):
+        """Items are (index into `tasks`, example); a batch's `task_ids` are that index plus
+        `id_offset` (few-shot transfer: the new tasks' ids follow the source model's)."""
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
         if not isinstance(max_length, int) or max_length < 8:
@@ -58,7 +66,7 @@ class Collator:
                 f"tasks: regression tasks {bad} need a text-to-text (seq2seq or decoder) model"
             )
         self.tokenizer, self.kind, self.tasks = tokenizer, kind, tasks
-        self.max_length, self.prefix = max_length, prefix
+        self.max_length, self.prefix, self.id_offset = max_length, prefix, id_offset
 
     def _source(self, task: Task, ex: dict, with_pair: bool) -> str:
         text = f"{task_prefix(task.name)}: {ex['text']}" if self.prefix else ex["text"]
@@ -70,7 +78,7 @@ class Collator:
         self, items: list[tuple[int, dict]], generate: bool = False
     ) -> dict[str, torch.Tensor]:
         """A batch; `generate=True` leaves the answer out of decoder prompts (for evaluation)."""
-        task_ids = torch.tensor([t for t, _ in items], dtype=torch.long)
+        task_ids = torch.tensor([t + self.id_offset for t, _ in items], dtype=torch.long)
         targets = [ex["label"] for _, ex in items]
         regression = any(self.tasks[t].is_regression for t, _ in items)
         batch = {
