@@ -86,11 +86,14 @@ class Collator:
             "targets": torch.tensor(targets, dtype=torch.float32 if regression else torch.long),
         }
         if self.kind == "encoder":
-            enc = self.tokenizer(
-                [self._source(self.tasks[t], ex, with_pair=False) for t, ex in items],
-                [ex.get("text_pair") for _, ex in items] if any(ex.get("text_pair") for _, ex in items) else None,
-                truncation=True, max_length=self.max_length, padding=True, return_tensors="pt",
-            )  # fmt: skip
+            # One call per example: a mixed-task batch can mix single texts and pairs.
+            rows = [
+                self.tokenizer(self._source(self.tasks[t], ex, with_pair=False), ex.get("text_pair"),
+                               truncation=True, max_length=self.max_length)
+                for t, ex in items
+            ]  # fmt: skip
+            keys = ("input_ids", "attention_mask")
+            enc = self.tokenizer.pad([{k: r[k] for k in keys} for r in rows], return_tensors="pt")
             batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
             batch["labels"] = batch["targets"]
         elif self.kind == "seq2seq":

@@ -35,6 +35,7 @@ class MixedTaskSampler:
         )
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self.step = 0  # the next step to sample
+        self._cached_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
 
     def probabilities(self) -> np.ndarray:
         """The probability of each task per slot."""
@@ -57,7 +58,7 @@ class MixedTaskSampler:
         return [(int(t), int(rng.integers(self.sizes[t]))) for t in tasks]
 
     def _epoch(self, epoch: int) -> np.ndarray:
-        if getattr(self, "_cached_epoch", None) != epoch:
+        if self._cached_epoch != epoch:
             self._cached_epoch = epoch
             self._perm = np.random.default_rng([self.seed, epoch, 0]).permutation(
                 int(self.offsets[-1])
@@ -65,9 +66,9 @@ class MixedTaskSampler:
         return self._perm
 
     def __iter__(self):
-        while True:
-            yield self.batch(self.step)
+        while True:  # step counts the batches handed out, so state_dict() is always current
             self.step += 1
+            yield self.batch(self.step - 1)
 
     def state_dict(self) -> dict:
         return {
