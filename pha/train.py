@@ -315,7 +315,6 @@ def _build_model(cfg: dict, data, base, tokenizer, kind: str, log) -> PHAModel:
             f"--transfer-from: {cfg['transfer_from']} has no adapter/ (not a finished pha.train run)"
         )
     model = PHAModel.from_pretrained(base, adapter)
-    n_source = len(model.tasks)
     model.config.label_smoothing = cfg["label_smoothing"]
     collator = Collator(tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"])
     for task_id, (task, examples) in enumerate(zip(data.tasks, data.train)):
@@ -331,27 +330,26 @@ def _build_model(cfg: dict, data, base, tokenizer, kind: str, log) -> PHAModel:
             num_labels=task.num_labels if kind == "encoder" else None,
         )
         log({"event": "add_task", "task": task.name, "id": new_id, "k_shot": len(examples)})
-    if cfg["transfer_tune"] == "prototype":
-        _tune_new_tasks_only(model, n_source)
     return model
 
 
-def _tune_new_tasks_only(model, n_source: int) -> None:
-    """Freeze everything but the new tasks' prototype rows and classification heads."""
+def _tuned_parameters(model, cfg: dict, n_source: int) -> list[torch.nn.Parameter]:
+    """The parameters the optimiser updates: all trainable ones, or in few-shot transfer
+    with --transfer-tune prototype only the new tasks' prototype rows and heads. (The rest
+    keeps requires_grad, so the saved adapter still holds every trainable weight.)"""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if cfg["transfer_from"] is None or cfg["transfer_tune"] == "all":
+        return trainable
     if not hasattr(model, "prototypes"):
         raise ConfigError(
             f"--transfer-tune prototype: method {model.config.method!r} has no prototypes; use --transfer-tune all"
         )
-    for p in model.parameters():
-        p.requires_grad_(False)
     weight = model.prototypes.weight
-    weight.requires_grad_(True)
     keep = torch.zeros_like(weight)
     keep[n_source:] = 1.0
-    weight.register_hook(lambda g: g * keep)  # source prototypes stay as they were
-    if hasattr(model, "heads"):
-        for head in list(model.heads)[n_source:]:
-            head.requires_grad_(True)
+    weight.register_hook(lambda g: g * keep)  # the source prototypes stay as they were
+    new_heads = list(model.heads)[n_source:] if hasattr(model, "heads") else []
+    return [weight] + [p for head in new_heads for p in head.parameters()]
 
 
 def run(cfg: dict) -> dict:
@@ -400,7 +398,7 @@ def _run(cfg: dict, rank: int, world: int, device: torch.device) -> dict:
               + ", ".join(f"{t.name} ({len(x)} train)" for t, x in zip(data.tasks, data.train)))  # fmt: skip
         model.print_trainable_parameters()
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = _tuned_parameters(model, cfg, n_source)
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(cfg["warmup"], cfg["max_steps"])
@@ -429,7 +427,7 @@ def _run(cfg: dict, rank: int, world: int, device: torch.device) -> dict:
         pairs = sampler.batch(step)[rank * local : (rank + 1) * local]
         batch = collator([(t, data.train[t][i]) for t, i in pairs])
         out = train_model(**{k: v.to(device) for k, v in batch.items() if k != "targets"})
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
