@@ -45,16 +45,16 @@ DEFAULTS: dict = {
     "tasks": list(DEFAULT_TASKS),
     "n_train": 300,  # per task: a count, or a fraction of the task's training split
     "n_eval": 300,  # at most this many validation / test examples per task
-    "max_steps": 250,
+    "max_steps": 150,
     "batch_size": 32,  # global (over all ranks)
     "lr": 1e-3,
-    "warmup": 25,
+    "warmup": 15,
     "weight_decay": 0.0,
     "grad_clip": 1.0,
     "label_smoothing": 0.1,
     "seed": 0,
     "eval_every": 0,  # validation every N steps (0: only the final test evaluation)
-    "save_every": 100,  # checkpoint every N steps (0: never)
+    "save_every": 50,  # checkpoint every N steps (0: never)
     "keep_last": 2,
     "output_dir": "runs/pha",
     "resume": None,  # "latest" (newest checkpoint in output_dir) or a checkpoint path

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import tarfile
+import types
 from collections import Counter
 
 import numpy as np
@@ -318,3 +319,34 @@ def test_load_backbone_errors():
         hub.load_backbone("./does/not/exist")
     with pytest.raises(TypeError, match="model"):
         hub.load_backbone(None)
+
+
+def test_unknown_hub_model_is_named_with_the_aliases(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network retries
+    with pytest.raises(
+        ValueError, match=r"(?s)cannot load 'no-such-model'.*\['minilm', 'smollm2'\]"
+    ):
+        hub.load_backbone("no-such-model")
+
+
+def test_glue_tasks_through_datasets(monkeypatch):
+    """GLUE/SuperGLUE need a network; this checks the mapping on a stand-in `datasets`."""
+    calls = []
+
+    def load_dataset(path, config, split):
+        calls.append((path, config, split))
+        n = 30 if split == "train" else 5
+        return [
+            {"sentence1": f"{split} a{i}", "sentence2": f"b{i}", "label": i % 2} for i in range(n)
+        ]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    data = load_tasks(["glue:rte"], n_train=None, n_eval=None)
+    assert calls == [("nyu-mll/glue", "rte", "train"), ("nyu-mll/glue", "rte", "validation")]
+    assert data.tasks[0].labels == ("entailment", "not_entailment")
+    # the official validation set is the test split; train/validation are cut from train
+    assert sorted(e["text"] for e in data.test[0]) == sorted(f"validation a{i}" for i in range(5))
+    assert len(data.train[0]) + len(data.validation[0]) == 30
+    assert data.train[0][0]["text_pair"].startswith("b")

@@ -4,6 +4,7 @@ tokenizer (built offline), the per-session download cache, and running pha.train
 from __future__ import annotations
 
 import os
+import signal
 import string
 import subprocess
 import sys
@@ -132,4 +133,13 @@ def run_train(
     """python -m pha.train in a subprocess (launcher: e.g. torchrun's argv prefix)."""
     env = {**os.environ, "PHA_CACHE": str(cache), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
     cmd = (launcher or [sys.executable]) + ["-m", "pha.train", *args]
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
+    # A session of its own, so that a timeout ends torchrun's workers too.
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, **kw)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"pha.train timed out: {err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -39,6 +39,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def prefetch(names: list[str]) -> None:
     """Extract the task.json of every name in `names` (e.g. 'epistemic_reasoning',
     'multiemo/all_text_en') in one pass over the archive; writes the task index too."""
+    if names:
+        _scan(names)
+
+
+def _scan(names: list[str]) -> None:
     index = _task_dir() / "index.json"
     missing = [n for n in names if not _cached(n).exists()]
     if index.exists():  # names the sdist does not have need no second pass
@@ -65,7 +70,7 @@ def prefetch(names: list[str]) -> None:
 
 def task_index() -> list[str]:
     """Every task (and subtask) name in the bigbench sdist."""
-    prefetch([])
+    _scan([])
     return json.loads((_task_dir() / "index.json").read_text())
 
 
