@@ -6,12 +6,16 @@ from . import ops  # noqa: E402
 from .methods import METHODS, PHAModel, PHAOutput, get_model  # noqa: E402
 from .methods.adapter import AdapterConfig  # noqa: E402
 from .methods.full import FullFinetuneConfig  # noqa: E402
+from .methods.hyperdecoder import HyperDecoderConfig  # noqa: E402
+from .methods.hyperformer import HyperFormerConfig  # noqa: E402
 from .methods.pha import PHAConfig  # noqa: E402
 
 __all__ = [
     "METHODS",
     "AdapterConfig",
     "FullFinetuneConfig",
+    "HyperDecoderConfig",
+    "HyperFormerConfig",
     "PHAConfig",
     "PHAModel",
     "PHAOutput",

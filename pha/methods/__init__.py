@@ -5,10 +5,10 @@ Packages added later (hyperpelt) are picked up here if present."""
 import importlib
 import importlib.util
 
-from . import adapter, full, pha  # noqa: F401  (registration)
+from . import adapter, full, hyperdecoder, hyperformer, pha  # noqa: F401  (registration)
 from .base import METHODS, MODELS, MethodConfig, PHAModel, PHAOutput, get_model, register
 
-for _name in ("hyperformer", "hyperdecoder", "hyperpelt"):
+for _name in ("hyperpelt",):
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
         importlib.import_module(f"{__name__}.{_name}")
 

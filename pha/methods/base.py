@@ -107,6 +107,18 @@ def expand_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.repeat_interleave(n // t.shape[0], dim=0)
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether HF activation (gradient) checkpointing is on (named either way by version)."""
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), attr):
+            return bool(getattr(model, attr))
+    return False
+
+
+def _in_backward() -> bool:
+    return torch._C._current_graph_task_id() != -1
+
+
 class _StopAtSplit(Exception):
     """Raised by the split hook to end a forward once the retriever has run (retrieve)."""
 
@@ -121,7 +133,6 @@ class Context:
     weights: dict[str, torch.Tensor] | None = None  # generated tensors, [sites, G, ...]
     index: torch.Tensor | None = None  # [B] into G (None: one set per instance)
     stop_at_split: bool = False
-    retrieved: bool = False
 
 
 @dataclass
@@ -151,6 +162,7 @@ class PHAModel(nn.Module):
         self.backbone: Backbone = attach(base_model, config.split_layer)
         self.backbone_kind = self.backbone.kind
         self._ctx: Context | None = None
+        self._checkpoint_ctx: Context | None = None
         if self.backbone_kind == "encoder":
             if config.num_labels is None:
                 raise ValueError("encoder backbones need num_labels (per-task class counts)")
@@ -230,7 +242,12 @@ class PHAModel(nn.Module):
 
     # ---- conditioning context --------------------------------------------------------
     def ctx(self) -> Context:
-        """The current call's context (error if the backbone is run outside the wrapper)."""
+        """The current call's context (error if the backbone is run outside the wrapper).
+
+        Under gradient checkpointing the backward pass re-runs the blocks after the call
+        has returned: they get the context of the call being differentiated."""
+        if self._ctx is None and self._checkpoint_ctx is not None and _in_backward():
+            return self._checkpoint_ctx
         if self._ctx is None:
             raise RuntimeError(
                 "the backbone's adapters need per-call conditioning: call the PHAModel "
@@ -255,6 +272,9 @@ class PHAModel(nn.Module):
             self.condition(self._ctx)
             yield self._ctx
         finally:
+            # kept only when needed: a context can hold large generated weights
+            keep = self.training and _checkpointing(self.base_model)
+            self._checkpoint_ctx = self._ctx if keep else None
             self._ctx = None
 
     def _split_hook(self, hidden: torch.Tensor) -> None:
@@ -284,7 +304,8 @@ class PHAModel(nn.Module):
         """Task loss (+ weighted auxiliary losses when labels and task ids are given).
 
         Encoder: labels [B] class ids; logits [B, max(num_labels)]. T5 / decoder-only:
-        labels are token ids (-100 ignored) and logits the LM logits."""
+        labels are token ids (-100 ignored) and logits the LM logits; T5 without labels
+        or decoder_input_ids decodes one step from the decoder start token."""
         pool_mask = self._pool_mask(input_ids, attention_mask, labels)
         with self._conditioned(input_ids, task_ids, pool_mask) as ctx:
             given = ctx.task_ids is not None
@@ -302,15 +323,25 @@ class PHAModel(nn.Module):
                 loss = task_loss + sum(aux.values()) if aux else task_loss
             return PHAOutput(loss, logits, aux, ctx.task_ids, ctx.z)
 
+    def _positions(self, attention_mask, kwargs):
+        """Decoder-only: position ids from the attention mask, as HF generate derives them,
+        so that a left-padded prompt is encoded alike in forward, retrieve and generate."""
+        if self.backbone_kind != "decoder" or attention_mask is None or "position_ids" in kwargs:
+            return kwargs
+        positions = attention_mask.long().cumsum(-1) - 1
+        return {**kwargs, "position_ids": positions.masked_fill(attention_mask == 0, 1)}
+
     def _lm(self, input_ids, attention_mask, labels, kwargs):
-        if (
-            self.backbone_kind == "seq2seq"
-            and labels is not None
-            and "decoder_input_ids" not in kwargs
-        ):
-            kwargs["decoder_input_ids"] = self.base_model.prepare_decoder_input_ids_from_labels(
-                labels=labels
-            )
+        decoder_inputs = {"decoder_input_ids", "decoder_inputs_embeds"} & set(kwargs)
+        if self.backbone_kind == "seq2seq" and not decoder_inputs:
+            if labels is not None:
+                kwargs["decoder_input_ids"] = self.base_model.prepare_decoder_input_ids_from_labels(
+                    labels=labels
+                )
+            else:  # no decoder input given: the logits of the first decoding step
+                start = self.base_model.config.decoder_start_token_id
+                kwargs["decoder_input_ids"] = input_ids.new_full((input_ids.shape[0], 1), start)
+        kwargs = self._positions(attention_mask, kwargs)
         out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         logits = out.logits
         if labels is None:
@@ -403,7 +434,8 @@ class PHAModel(nn.Module):
                         input_ids=input_ids, attention_mask=attention_mask
                     )
                 else:
-                    self.base_model(input_ids=input_ids, attention_mask=attention_mask)
+                    kwargs = self._positions(attention_mask, {})
+                    self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             except _StopAtSplit:
                 pass
             return ctx.z
@@ -467,11 +499,18 @@ class PHAModel(nn.Module):
             raise ValueError(f"{CONFIG_NAME} names method {method!r}; known: {sorted(METHODS)}")
         model = get_model(base_model, METHODS[method](**saved))
         weights = load_file(os.path.join(path, WEIGHTS_NAME), device=str(model.device))
-        expected = set(model.trainable_state_dict())
-        if set(weights) != expected:
+        expected = {n: tuple(t.shape) for n, t in model.trainable_state_dict().items()}
+        found = {n: tuple(t.shape) for n, t in weights.items()}
+        if found != expected:
+            differ = sorted(
+                n for n in set(found) | set(expected) if found.get(n) != expected.get(n)
+            )
             raise ValueError(
-                f"saved weights do not match the model: missing {sorted(expected - set(weights))[:5]}, "
-                f"unexpected {sorted(set(weights) - expected)[:5]}"
+                f"saved weights do not match the model built on this backbone: "
+                f"{len(differ)} tensors missing, unexpected or of another shape, e.g. "
+                + ", ".join(
+                    f"{n}: saved {found.get(n)} vs model {expected.get(n)}" for n in differ[:3]
+                )
             )
         model.load_state_dict(weights, strict=False)
         return model

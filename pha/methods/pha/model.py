@@ -8,33 +8,8 @@ from torch import nn
 from ... import ops
 from ...modules import Adapter, HyperNetwork, InstanceRetriever, PrototypeBank
 from ..base import Context, PHAModel, expand_rows, register
+from ..generated import adapter_shapes, apply_generated_adapter
 from .config import PHAConfig
-
-
-def adapter_shapes(d: int, r: int) -> dict[str, tuple[int, ...]]:
-    return {"w_down": (d, r), "b_down": (r,), "w_up": (r, d), "b_up": (d,)}
-
-
-def generated_adapter(model: PHAModel, site: int, activation: str):
-    """An adapter fn reading site `site` of the call's generated weights (ctx.weights
-    [sites, G, ...] with ctx.index [B], or G == B sets when ctx.index is None)."""
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        ctx = model.ctx()
-        if ctx.weights is None:
-            raise RuntimeError("the upper-half adapters ran before their weights were generated")
-        n = x.shape[0]
-        w = [ctx.weights[k][site].to(x.dtype) for k in ("w_down", "b_down", "w_up", "b_up")]
-        if ctx.index is None:
-            w = [expand_rows(t, n) for t in w]
-            index = None
-        else:
-            index = expand_rows(ctx.index, n)
-        return ops.hyper_adapter(
-            x, *w, index=index, activation=activation, backend=model.config.backend
-        )
-
-    return fn
 
 
 @register
@@ -67,7 +42,16 @@ class PHAForModel(PHAModel):
             init="hyperfanin",
         )
         for site, layer in enumerate(bb.upper):
-            bb.add_parallel_adapter(layer, generated_adapter(self, site, "relu"))
+            bb.add_parallel_adapter(layer, self._upper_adapter(site))
+
+    def _upper_adapter(self, site: int):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            ctx = self.ctx()
+            return apply_generated_adapter(
+                x, ctx.weights, site, ctx.index, "relu", self.config.backend
+            )
+
+        return fn
 
     def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:
         mask = expand_rows(ctx.pool_mask, hidden.shape[0])
@@ -76,7 +60,6 @@ class PHAForModel(PHAModel):
             return
         if ctx.task_ids is None:  # inference without a task: the nearest prototype
             ctx.task_ids = self.prototypes.nearest(ctx.z)[0]
-            ctx.retrieved = True
         # Weights depend only on (task, layer): generate them once per task in the batch.
         tasks, ctx.index = torch.unique(ctx.task_ids, return_inverse=True)
         ctx.weights = self.hypernet(self.prototypes(tasks))

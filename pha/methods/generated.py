@@ -1,0 +1,37 @@
+"""Applying generated adapter weights inside the backbone (shared by the hyper-methods)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from .base import expand_rows
+
+ADAPTER_TENSORS = ("w_down", "b_down", "w_up", "b_up")
+
+
+def adapter_shapes(d: int, r: int) -> dict[str, tuple[int, ...]]:
+    """The shapes a hypernetwork generates for one adapter (x @ w_down, h @ w_up)."""
+    return {"w_down": (d, r), "b_down": (r,), "w_up": (r, d), "b_up": (d,)}
+
+
+def apply_generated_adapter(
+    x: torch.Tensor,
+    weights: dict[str, torch.Tensor] | None,
+    site: int,
+    index: torch.Tensor | None,
+    activation: str,
+    backend: str | None,
+) -> torch.Tensor:
+    """The adapter of `site` on x [n, T, d]. weights: name -> [sites, G, ...]; index [B]
+    into G, or None for one set per instance (G == B). When generation expanded the batch
+    (n a multiple of B), the index (or the per-instance sets) is repeated to match."""
+    if weights is None:
+        raise RuntimeError("a generated adapter ran before its weights were generated")
+    n = x.shape[0]
+    w = [weights[k][site].to(x.dtype) for k in ADAPTER_TENSORS]
+    if index is None:
+        w = [expand_rows(t, n) for t in w]
+    else:
+        index = expand_rows(index, n)
+    return ops.hyper_adapter(x, *w, index=index, activation=activation, backend=backend)

@@ -1,0 +1,4 @@
+from .config import HyperFormerConfig
+from .model import HyperFormerModel
+
+__all__ = ["HyperFormerConfig", "HyperFormerModel"]

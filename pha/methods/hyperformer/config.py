@@ -1,0 +1,31 @@
+"""HyperFormerConfig: HyperFormer++ (Karimi Mahabadi et al., ACL 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..base import MethodConfig
+
+
+@dataclass
+class HyperFormerConfig(MethodConfig):
+    """HyperFormer++ (METHOD.md): adapters + LayerNorms generated from
+    [task embedding ; layer embedding ; position embedding] after the attention output
+    and after the FFN output of every layer (each stack has its own hypernetwork); the
+    backbone's own layer norms are trained too.
+
+    adapter_dim: bottleneck r; None gives d_model // 32 (the paper's reduction factor).
+    embed_dim: e, the task / layer / position embedding width (64).
+    hypernet_hidden_dim, hypernet_out_dim: trunk widths (128, 64).
+    activation: the adapter non-linearity ("gelu", tanh form, as in the paper).
+    train_layer_norms: also train the backbone's LayerNorms (the paper does).
+    """
+
+    method: ClassVar[str] = "hyperformer"
+    adapter_dim: int | None = None
+    embed_dim: int = 64
+    hypernet_hidden_dim: int = 128
+    hypernet_out_dim: int = 64
+    activation: str = "gelu"
+    train_layer_norms: bool = True
