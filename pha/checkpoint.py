@@ -21,6 +21,10 @@ _NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
 FORMAT = 1
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read (corrupt, truncated, or not pha's)."""
+
+
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
     return Path(directory) / f"checkpoint-{step:08d}.pt"
 
@@ -90,18 +94,18 @@ def save_checkpoint(directory: str | os.PathLike, step: int, state: dict, keep_l
 def load_checkpoint(path: str | os.PathLike, fingerprint: dict) -> dict:
     """Read a checkpoint and check it was written by a run with the same `fingerprint`
     (the settings that decide what the weights and the data order mean); restores the
-    RNG states. Raises a RuntimeError for a corrupt file, a ValueError for a mismatch."""
+    RNG states. Raises a CheckpointError for a corrupt file, a ValueError for a mismatch."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: no checkpoint file {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, ...: all mean "unreadable"
-        raise RuntimeError(
+        raise CheckpointError(
             f"resume: checkpoint {path} is corrupt or not a pha checkpoint ({type(e).__name__}: {e})"
         ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise RuntimeError(f"resume: {path} is not a pha checkpoint (format {FORMAT})")
+        raise CheckpointError(f"resume: {path} is not a pha checkpoint (format {FORMAT})")
     saved = state.get("fingerprint", {})
     diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
     if diff:

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from . import METHODS, PHAModel, get_model
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from .data import DEFAULT_TASKS, Collator, MixedTaskSampler, load_tasks, metrics
 from .evaluate import evaluate, format_table
 from .hub import ALIASES, load_backbone
@@ -522,12 +522,15 @@ def _progress(enabled: bool, start: int, total: int):
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    """The command line: a bad setting, task, model or checkpoint ends with its message
+    and exit code 2 (PHA_DEBUG=1 shows the traceback)."""
     try:
-        cfg = resolve_config(argv)
-    except ConfigError as e:
+        return run(resolve_config(argv))
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        if os.environ.get("PHA_DEBUG") == "1":
+            raise
         print(f"python -m pha.train: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    return run(cfg)
 
 
 if __name__ == "__main__":
