@@ -363,6 +363,7 @@ def run(cfg: dict) -> dict:
 
 
 def _run(cfg: dict, rank: int, world: int, device: torch.device) -> dict:
+    started = time.perf_counter()
     main_rank = rank == 0
     verbose = main_rank and not cfg["quiet"]
     out_dir = Path(cfg["output_dir"])
@@ -461,14 +462,15 @@ def _run(cfg: dict, rank: int, world: int, device: torch.device) -> dict:
     if main_rank:
         per_task = evaluate(model, collator, data, "test", cfg["eval_batch_size"])
         result = {"tasks": per_task, "average": metrics.average(per_task), "step": cfg["max_steps"]}
-        log({"event": "test", **result})
+        log({"event": "test", **result, "elapsed_s": time.perf_counter() - started})
         model.save_pretrained(out_dir / "adapter")
         with open(out_dir / "metrics.json", "w") as f:
             json.dump(result, f, indent=2)
         if verbose:
             print(f"\ntest metrics (%) after {cfg['max_steps']} steps:")
             print(format_table(per_task, result["average"]))
-            print(f"wrote {out_dir}/metrics.json, adapter/, config.json, log.jsonl")
+            print(f"wrote {out_dir}/metrics.json, adapter/, config.json, log.jsonl "
+                  f"({time.perf_counter() - started:.0f} s in all)")  # fmt: skip
         log_file.close()
     _barrier(world)
     return result
