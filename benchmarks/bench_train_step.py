@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -163,9 +162,17 @@ class Trainer:
         }
 
 
+def _set_threads(spec: dict) -> None:
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+
+
 def measure_time(spec: dict) -> dict[str, dict]:
     """Step times of every method, interleaved round by round (so that the load of a
     shared machine hits all methods alike)."""
+    _set_threads(spec)
     trainers = {m: Trainer(spec["backbone"], m, spec["batch"], spec["seq_len"]) for m in METHODS}
     for trainer in trainers.values():
         for _ in range(spec["warmup"]):
@@ -187,13 +194,32 @@ def measure_time(spec: dict) -> dict[str, dict]:
     return out
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def measure_memory(spec: dict) -> dict:
-    """Peak RSS growth over two steps (after the model and optimizer are built)."""
+    """Memory of training, from the process's resident set (run with a fixed small
+    MALLOC_MMAP_THRESHOLD_, so that freed tensors leave the resident set at once):
+      peak_mib: peak RSS over two steps minus the RSS before them (the frozen model and
+        the method's modules built): activations, gradients and optimizer state;
+      step_peak_mib: the same within the second step alone, over the RSS just before
+        it (a steady-state step: the optimizer state already exists)."""
+    _set_threads(spec)
     trainer = Trainer(spec["backbone"], spec["method"], spec["batch"], spec["seq_len"])
     before = _rss_kib()
-    for _ in range(2):  # the second step has the optimizer state and the .grad buffers
-        trainer.step()
-    return {"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}
+    trainer.step()
+    first_peak = _status_kib("VmHWM")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+    before_step = _rss_kib()
+    trainer.step()
+    step_peak = _status_kib("VmHWM")
+    return {
+        "peak_mib": (max(first_peak, step_peak) - before) / 1024,
+        "step_peak_mib": (step_peak - before_step) / 1024,
+    }
 
 
 MEASURES = {"time": measure_time, "memory": measure_memory}
@@ -207,6 +233,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--backbones", nargs="*", default=None)
     ap.add_argument("--batches", nargs="*", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per measurement (default: torch's; 1 is far steadier on a busy machine)",
+    )
     ap.add_argument(
         "--in-process",
         action="store_true",
@@ -225,12 +258,13 @@ def main(argv=None) -> list[dict]:
     backbones = args.backbones or backbones
     batches = args.batches or batches
     repeats = args.repeats or repeats
+    warmup = args.warmup if args.warmup is not None else warmup
     measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
     results = []
     for backbone in backbones:
         for batch in batches:
             spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
-                        repeats=repeats)  # fmt: skip
+                        repeats=repeats, threads=args.threads)  # fmt: skip
             timed = measure("time", spec)
             for method in METHODS:
                 r = {**spec, "method": method, **timed[method],
@@ -253,9 +287,13 @@ def main(argv=None) -> list[dict]:
 
 
 def run_child(kind: str, spec: dict):
+    env = os.environ.copy()
+    if kind == "memory":  # fixed threshold: large tensors are mmapped and returned on free
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, json.dumps(spec)],
-        capture_output=True, text=True, env=os.environ.copy(),
+        capture_output=True, text=True, env=env,
     )  # fmt: skip
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -264,38 +302,38 @@ def run_child(kind: str, spec: dict):
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Time and peak-memory ratios of pha and release to adapter, per backbone and batch."""
-    rows = []
+    """Time and memory of pha and release relative to adapter, per backbone and batch."""
     keyed = {(r["backbone"], r["batch"], r["method"]): r for r in results}
+    rows = []
     for (backbone, batch, method), r in keyed.items():
         base = keyed.get((backbone, batch, "adapter"))
         if method == "adapter" or base is None:
             continue
-        rows.append({
-            "backbone": backbone, "batch": batch, "method": method,
-            "time_vs_adapter": r["median_ms"] / base["median_ms"],
-            "memory_vs_adapter": r["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else None,
-        })  # fmt: skip
+        rel = {
+            f"{key}_vs_adapter": r[key] / base[key] if base[key] > 0 else None
+            for key in ("median_ms", "peak_mib", "step_peak_mib")
+        }
+        rows.append({"backbone": backbone, "batch": batch, "method": method, **rel})
     return rows
 
 
 def print_table(results: list[dict]) -> None:
-    ratio = {(x["backbone"], x["batch"], x["method"]): x for x in ratios(results)}
-    print(
-        "| backbone | batch | method | step ms (median) | p20-p80 ms | peak MiB | time / adapter | memory / adapter | adapter op | losses |"
-    )
+    rel = {(x["backbone"], x["batch"], x["method"]): x for x in ratios(results)}
+
+    def ratio(r, key):
+        x = rel.get((r["backbone"], r["batch"], r["method"]))
+        if x is None:
+            return "1"
+        return f"{x[key + '_vs_adapter']:.2f}" if x[key + "_vs_adapter"] is not None else "-"
+
+    print("| backbone | batch | method | step ms: median (p20-p80) | x adapter | peak MiB | x adapter "
+          "| step peak MiB | x adapter | adapter op / losses |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        x = ratio.get((r["backbone"], r["batch"], r["method"]))
-        t = f"{x['time_vs_adapter']:.2f}" if x else "1"
-        m = (
-            f"{x['memory_vs_adapter']:.2f}"
-            if x and x["memory_vs_adapter"] is not None
-            else ("1" if not x else "-")
-        )
-        print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['median_ms']:.1f} | "
-              f"{r['p20_ms']:.1f}-{r['p80_ms']:.1f} | {r['peak_mib']:.1f} | {t} | {m} | "
-              f"{r['adapter_backend']} | {r['loss_backend']} |")  # fmt: skip
+        print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['median_ms']:.0f} "
+              f"({r['p20_ms']:.0f}-{r['p80_ms']:.0f}) | {ratio(r, 'median_ms')} | "
+              f"{r['peak_mib']:.0f} | {ratio(r, 'peak_mib')} | {r['step_peak_mib']:.0f} | "
+              f"{ratio(r, 'step_peak_mib')} | {r['adapter_backend']} / {r['loss_backend']} |")  # fmt: skip
 
 
 if __name__ == "__main__":
