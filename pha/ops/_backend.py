@@ -17,6 +17,13 @@ import torch
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 # Fastest first, per device type.
 _PREFERENCE = {"cpu": ("cpp", "reference"), "cuda": ("triton", "cuda", "reference")}
+# What each kernel backend computes in; an automatic choice skips a backend that does not
+# take the inputs' dtype (e.g. float64 on a GPU goes to the reference).
+_DTYPES = {
+    "cpp": (torch.float32, torch.bfloat16, torch.float64),
+    "triton": (torch.float32, torch.bfloat16, torch.float16),
+    "cuda": (torch.float32, torch.bfloat16, torch.float16),
+}
 
 _unavailable_reason: dict[str, str] = {}
 
@@ -95,8 +102,13 @@ def implements(name: str, op: str) -> bool:
     return name == "reference" or hasattr(module(name), f"{op}_forward")
 
 
-def resolve(backend: str | None, device: torch.device, op: str) -> str:
-    """The backend a call of `op` on `device` runs on."""
+# Traced as a constant under torch.compile: its imports and environment look-ups are not
+# traceable, and its answer depends only on its arguments and this process.
+@torch.compiler.assume_constant_result
+def resolve(
+    backend: str | None, device: torch.device, op: str, dtype: torch.dtype | None = None
+) -> str:
+    """The backend a call of `op` on `device` (with inputs of `dtype`) runs on."""
     asked = backend if backend is not None else os.environ.get("PHA_BACKEND") or None
     available = backends()
     if asked is not None:
@@ -110,7 +122,8 @@ def resolve(backend: str | None, device: torch.device, op: str) -> str:
             raise NotImplementedError(f"backend {asked!r} does not implement {op}")
         return asked
     for name in _PREFERENCE.get(device.type, ("reference",)):
-        if available[name] and implements(name, op):
+        takes_dtype = dtype is None or dtype in _DTYPES.get(name, (dtype,))
+        if available[name] and takes_dtype and implements(name, op):
             return name
     return "reference"
 

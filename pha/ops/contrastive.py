@@ -1,7 +1,14 @@
 """pha.ops.supcon_loss (L_ins) and pha.ops.prototype_loss (L_pro), unweighted.
 
 z and the prototypes are L2-normalised inside the ops. Non-reference backends run behind
-torch.library custom ops like hyper_adapter's (see that module's docstring).
+torch.library custom ops like hyper_adapter's (see that module's docstring):
+  pha::supcon_fwd    -> (loss, lse)   lse [B] = log sum_{j != i} exp(s_ij), kept for backward
+  pha::supcon_bwd    -> grad_z
+  pha::prototype_fwd -> (loss, lse)   lse [B] over the prototypes in the denominator
+  pha::prototype_bwd -> (grad_z, grad_prototypes)
+loss and lse are fp32 (fp64 for fp64 inputs); the public functions cast the loss to z.dtype.
+Each backend module provides supcon_forward / supcon_backward / prototype_forward /
+prototype_backward with these signatures (see pha.ops._cpp, pha.kernels, pha.ops._cuda).
 """
 
 from __future__ import annotations
@@ -13,6 +20,118 @@ import torch
 from . import _backend, _checks, reference
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _accumulation_dtype(z: torch.Tensor) -> torch.dtype:
+    return torch.float64 if z.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("pha::supcon_fwd", mutates_args=())
+def _supcon_forward(
+    z: torch.Tensor, labels: torch.Tensor, temperature: float, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _backend.module(backend).supcon_forward(z, labels, temperature)
+
+
+@_supcon_forward.register_fake
+def _(z, labels, temperature, backend):
+    acc = _accumulation_dtype(z)
+    return z.new_empty((), dtype=acc), z.new_empty((z.shape[0],), dtype=acc)
+
+
+@torch.library.custom_op("pha::supcon_bwd", mutates_args=())
+def _supcon_backward(
+    grad_loss: torch.Tensor,
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    temperature: float,
+    backend: str,
+) -> torch.Tensor:
+    return _backend.module(backend).supcon_backward(grad_loss, z, labels, lse, temperature)
+
+
+@_supcon_backward.register_fake
+def _(grad_loss, z, labels, lse, temperature, backend):
+    return torch.empty_like(z)
+
+
+def _supcon_setup_context(ctx, inputs, output):
+    z, labels, temperature, backend = inputs
+    ctx.save_for_backward(z, labels, output[1])
+    ctx.temperature, ctx.backend = temperature, backend
+
+
+def _supcon_autograd(ctx, grad_loss, _grad_lse):
+    z, labels, lse = ctx.saved_tensors
+    grad_z = _supcon_backward(grad_loss.contiguous(), z, labels, lse, ctx.temperature, ctx.backend)
+    return grad_z, None, None, None
+
+
+_supcon_forward.register_autograd(_supcon_autograd, setup_context=_supcon_setup_context)
+
+
+@torch.library.custom_op("pha::prototype_fwd", mutates_args=())
+def _prototype_forward(
+    z: torch.Tensor,
+    prototypes: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    exclude_positive: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    launch = _backend.module(backend).prototype_forward
+    return launch(z, prototypes, labels, temperature, exclude_positive)
+
+
+@_prototype_forward.register_fake
+def _(z, prototypes, labels, temperature, exclude_positive, backend):
+    acc = _accumulation_dtype(z)
+    return z.new_empty((), dtype=acc), z.new_empty((z.shape[0],), dtype=acc)
+
+
+@torch.library.custom_op("pha::prototype_bwd", mutates_args=())
+def _prototype_backward(
+    grad_loss: torch.Tensor,
+    z: torch.Tensor,
+    prototypes: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    temperature: float,
+    exclude_positive: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    launch = _backend.module(backend).prototype_backward
+    return launch(grad_loss, z, prototypes, labels, lse, temperature, exclude_positive)
+
+
+@_prototype_backward.register_fake
+def _(grad_loss, z, prototypes, labels, lse, temperature, exclude_positive, backend):
+    return torch.empty_like(z), torch.empty_like(prototypes)
+
+
+def _prototype_setup_context(ctx, inputs, output):
+    z, prototypes, labels, temperature, exclude_positive, backend = inputs
+    ctx.save_for_backward(z, prototypes, labels, output[1])
+    ctx.temperature, ctx.exclude_positive, ctx.backend = temperature, exclude_positive, backend
+
+
+def _prototype_autograd(ctx, grad_loss, _grad_lse):
+    z, prototypes, labels, lse = ctx.saved_tensors
+    grad_z, grad_prototypes = _prototype_backward(
+        grad_loss.contiguous(),
+        z,
+        prototypes,
+        labels,
+        lse,
+        ctx.temperature,
+        ctx.exclude_positive,
+        ctx.backend,
+    )
+    return grad_z, grad_prototypes, None, None, None, None
+
+
+_prototype_forward.register_autograd(_prototype_autograd, setup_context=_prototype_setup_context)
 
 
 def _validate_temperature(temperature: float) -> float:
@@ -47,10 +166,11 @@ def supcon_loss(
     temperature = _validate_temperature(temperature)
     labels = _checks.index_tensor("labels", labels, z.shape[0], 2**62, "one class id per row of z")
     _checks.same_device({"z": z, "labels": labels})
-    name = _backend.resolve(backend, z.device, "supcon")
+    name = _backend.resolve(backend, z.device, "supcon", z.dtype)
     if name == "reference":
         return reference.supcon_loss(z, labels, temperature)
-    raise NotImplementedError(name)
+    loss, _ = _supcon_forward(z.contiguous(), labels, temperature, name)
+    return loss.to(z.dtype)
 
 
 def prototype_loss(
@@ -80,7 +200,11 @@ def prototype_loss(
         "labels", labels, z.shape[0], k, f"one prototype id in [0, {k}) per row of z"
     )
     _checks.same_device({"z": z, "prototypes": prototypes, "labels": labels})
-    name = _backend.resolve(backend, z.device, "prototype")
+    name = _backend.resolve(backend, z.device, "prototype", z.dtype)
     if name == "reference":
         return reference.prototype_loss(z, prototypes, labels, temperature, exclude_positive)
-    raise NotImplementedError(name)
+    exclude_positive = bool(exclude_positive)
+    loss, _ = _prototype_forward(
+        z.contiguous(), prototypes.contiguous(), labels, temperature, exclude_positive, name
+    )
+    return loss.to(z.dtype)

@@ -143,7 +143,7 @@ def hyper_adapter(
         [B, T, d], the dtype of x.
     """
     index = _validate(x, w_down, b_down, w_up, b_up, index, activation)
-    name = _backend.resolve(backend, x.device, _OP)
+    name = _backend.resolve(backend, x.device, _OP, x.dtype)
     if name == "reference":
         return reference.hyper_adapter(x, w_down, b_down, w_up, b_up, index, activation)
     weights = (w_down, b_down, w_up, b_up)

@@ -80,10 +80,11 @@ def prototype_loss(
 ) -> torch.Tensor:
     """L_pro, instance-to-prototype contrast. exclude_positive=True is the PHA release's
     form (the positive is left out of the denominator); False is standard InfoNCE. With a
-    single prototype and exclude_positive there is nothing to contrast: 0, zero gradient."""
+    single prototype and exclude_positive there is nothing to contrast, and an empty batch
+    has nothing to average: 0, zero gradient (as supcon_loss without positives)."""
     z = F.normalize(z, dim=-1)
     p = F.normalize(prototypes, dim=-1)
-    if exclude_positive and p.shape[0] == 1:
+    if z.shape[0] == 0 or (exclude_positive and p.shape[0] == 1):
         return _zero_loss(z, prototypes)
     sim = z @ p.T / temperature
     positive = sim.gather(1, labels[:, None]).squeeze(1)

@@ -1,0 +1,260 @@
+"""Benchmark pha.ops.hyper_adapter: the eager reference against every available backend.
+
+For each shape, dtype (fp32, bf16) and mode (forward; forward+backward) it reports the
+median time over repeats with its 20/80 % quantiles, GFLOP/s, the fraction of the
+machine's GEMM peak measured in the same run (oneDNN via torch.ops.mkldnn._linear_pointwise
+on CPU, torch.mm on GPU), and the speed-up over the reference. Prints a table and writes JSON.
+
+    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \\
+        python benchmarks/bench_adapter.py [--quick] [--out FILE] [--shapes B,T,d,r,G;...]
+
+G=0 means one weight set per instance (no index); G>0 means index=LongTensor[B] over G sets.
+On a shared, loaded machine `--threads 1 --timer thread` (CPU time of the one thread doing
+the work) is far less noisy than wall time; the default is 2 threads and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import pha
+from pha.ops import _backend, reference
+
+# (B, T, d, r, G): per-instance encoder-style, the PHA decoder (task-indexed), long thin.
+DEFAULT_SHAPES = ((32, 128, 768, 64, 0), (128, 8, 768, 64, 8), (8, 512, 2048, 16, 0))
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_OUT = Path(__file__).parent / "results" / "bench_adapter.json"
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, ...], ...]:
+    shapes = tuple(tuple(int(v) for v in s.split(",")) for s in text.split(";") if s)
+    if not shapes or any(len(s) != 5 for s in shapes):
+        raise argparse.ArgumentTypeError("--shapes wants 'B,T,d,r,G;...' (G=0: per instance)")
+    return shapes
+
+
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def measure(fn: Callable[[], object], args, sync) -> list[float]:
+    """Seconds per call: args.repeats samples, each averaging enough calls to last
+    args.min_sample_s on the clock args.timer."""
+    clock = CLOCKS[args.timer]
+    fn()  # warm-up (allocations, thread pool, caches)
+    sync()
+    calls, start = 0, clock()
+    while calls < 1 or clock() - start < args.min_sample_s:
+        fn()
+        calls += 1
+    sync()
+    samples = []
+    for _ in range(args.repeats):
+        start = clock()
+        for _ in range(calls):
+            fn()
+        sync()
+        samples.append((clock() - start) / calls)
+    return samples
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) > 1 else samples * 9
+    return {
+        "median_ms": statistics.median(samples) * 1e3,
+        "q20_ms": q[1] * 1e3,
+        "q80_ms": q[7] * 1e3,
+    }
+
+
+def gemm_peak(dtype: torch.dtype, device: torch.device, args, sync) -> float:
+    """GFLOP/s of a large vendor GEMM (M=4096, K=N=768): the yardstick for "% of peak"."""
+    m, k, n = (256, 128, 128) if args.quick else (4096, 768, 768)
+    a = torch.randn(m, k, dtype=dtype, device=device)
+    w = torch.randn(n, k, dtype=dtype, device=device)
+    if device.type == "cpu":
+
+        def fn():
+            return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+    else:
+
+        def fn():
+            return a @ w.T
+
+    samples = measure(fn, args, sync)
+    return 2 * m * k * n / statistics.median(samples) / 1e9
+
+
+def make_case(shape, dtype, device, backward: bool):
+    b, t, d, r, g = shape
+    gen = torch.Generator().manual_seed(0)
+    sets = g if g > 0 else b
+
+    def rand(*size, scale=1.0):
+        return (torch.randn(*size, generator=gen) * scale).to(device=device, dtype=dtype)
+
+    tensors = [
+        rand(b, t, d),
+        rand(sets, d, r, scale=d**-0.5),
+        rand(sets, r, scale=0.1),
+        rand(sets, r, d, scale=r**-0.5),
+        rand(sets, d, scale=0.1),
+    ]
+    index = torch.randint(0, g, (b,), generator=gen).to(device) if g > 0 else None
+    if backward:
+        for t_ in tensors:
+            t_.requires_grad_(True)
+    grad_out = rand(b, t, d)
+    return tensors, index, grad_out
+
+
+def case_fn(provider: str, tensors, index, grad_out, backward: bool) -> Callable[[], object]:
+    def forward():
+        if provider == "reference":
+            return reference.hyper_adapter(*tensors, index=index)
+        return pha.ops.hyper_adapter(*tensors, index=index, backend=provider)
+
+    if not backward:
+
+        def run():
+            with torch.no_grad():
+                return forward()
+
+        return run
+
+    def run_backward():
+        for t_ in tensors:
+            t_.grad = None
+        forward().backward(grad_out)
+
+    return run_backward
+
+
+def providers(device: torch.device) -> list[str]:
+    """The reference plus every backend that runs hyper_adapter natively on `device`."""
+    names = ["reference"]
+    for name, ok in _backend.backends().items():
+        if name == "reference" or not ok or not _backend.implements(name, "hyper_adapter"):
+            continue
+        if name == "cpp" and device.type != "cpu":
+            continue
+        if name in ("triton", "cuda") and device.type != "cuda":  # no interpreter timings
+            continue
+        names.append(name)
+    return names
+
+
+def machine_info(device: torch.device, timer: str) -> dict[str, object]:
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "timer": timer,
+        "device": str(device),
+        "loadavg_1_5_15": os.getloadavg(),
+    }
+    if device.type == "cpu":
+        info["cpp_isa"] = (
+            torch.ops.pha_cpu.hyper_adapter_isa() if pha.ops.backends()["cpp"] else None
+        )
+        try:
+            with open("/proc/cpuinfo") as f:
+                info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in f if "model name" in ln)
+        except (OSError, StopIteration):
+            pass
+    else:
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    parser.add_argument("--shapes", type=parse_shapes, default=DEFAULT_SHAPES, help="B,T,d,r,G;...")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--timer", choices=sorted(CLOCKS), default="wall", help="thread: CPU time, use --threads 1"
+    )
+    args = parser.parse_args(argv)
+    if args.timer == "thread" and (args.threads != 1 or args.device != "cpu"):
+        parser.error("--timer thread measures the calling thread only: needs --threads 1 on cpu")
+    args.repeats = 3 if args.quick else 15
+    args.min_sample_s = 0.002 if args.quick else 0.05
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    peaks = {name: gemm_peak(dt, device, args, sync) for name, dt in DTYPES.items()}
+    names = providers(device)
+    rows = []
+    for shape in args.shapes:
+        b, t, d, r, _ = shape
+        for dname, dtype in DTYPES.items():
+            for backward in (False, True):
+                mode = "fwd+bwd" if backward else "fwd"
+                flops = (12 if backward else 4) * b * t * d * r
+                tensors, index, grad_out = make_case(shape, dtype, device, backward)
+                ref_ms = None
+                for name in names:
+                    fn = case_fn(name, tensors, index, grad_out, backward)
+                    stats = summary(measure(fn, args, sync))
+                    ref_ms = stats["median_ms"] if name == "reference" else ref_ms
+                    gflops = flops / (stats["median_ms"] * 1e-3) / 1e9
+                    rows.append(
+                        {
+                            "shape": dict(zip(("B", "T", "d", "r", "G"), shape)),
+                            "dtype": dname,
+                            "mode": mode,
+                            "provider": name,
+                            **stats,
+                            "gflops": gflops,
+                            "fraction_of_gemm_peak": gflops / peaks[dname],
+                            "speedup_vs_reference": ref_ms / stats["median_ms"],
+                        }
+                    )
+    result = {
+        "machine": machine_info(device, args.timer),
+        "gemm_peak_gflops": peaks,
+        "flops_note": "fwd = 4*B*T*d*r, fwd+bwd = 12*B*T*d*r (2 per multiply-add)",
+        "results": rows,
+    }
+    print_table(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return result
+
+
+def print_table(result: dict[str, object]) -> None:
+    peaks = result["gemm_peak_gflops"]
+    print(f"machine: {result['machine']}")
+    print("GEMM peak (same run): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    head = f"{'B,T,d,r,G':>18} {'dtype':>5} {'mode':>7} {'provider':>9} {'median ms':>10} "
+    head += f"{'q20':>8} {'q80':>8} {'GFLOP/s':>8} {'%peak':>6} {'x ref':>6}"
+    print(head)
+    for row in result["results"]:
+        shape = ",".join(str(v) for v in row["shape"].values())
+        print(
+            f"{shape:>18} {row['dtype']:>5} {row['mode']:>7} {row['provider']:>9} "
+            f"{row['median_ms']:10.3f} {row['q20_ms']:8.3f} {row['q80_ms']:8.3f} "
+            f"{row['gflops']:8.1f} {100 * row['fraction_of_gemm_peak']:5.0f}% "
+            f"{row['speedup_vs_reference']:6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Forward+backward time and extra peak memory of PHA's contrastive losses.
+
+Providers: "eager" is the PHA release's formulation (B x B score matrix and masks,
+pha.ops.reference) and every available kernel backend (cpp on CPU). Each case times
+loss.backward() on fresh leaves (median and 20/80 % quantiles over repeats) and measures
+the extra peak resident memory of one forward+backward over the inputs.
+
+Memory method: one child process (so that the parent's timing runs leave no freed pages
+behind) with MALLOC_MMAP_THRESHOLD_=65536, so that every allocation of 64 KiB or more
+(torch tensors and the kernels' own buffers alike) is its own mapping, returned to the OS
+on free. Per case: build the inputs, read VmRSS, reset the peak (writing 5 to
+/proc/self/clear_refs), run forward+backward, read VmHWM; extra = VmHWM - VmRSS.
+
+    python benchmarks/bench_contrastive.py            # the full table (minutes)
+    python benchmarks/bench_contrastive.py --quick    # a smoke run (seconds)
+For stable timings run on an idle machine; the table's ratios come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import pha
+
+D = 64
+FULL = {"B": (128, 1024, 4096, 16384), "K": (8, 1000), "repeats": 7}
+QUICK = {"B": (128,), "K": (8,), "repeats": 2}
+LOSSES = ("supcon", "prototype")
+# The eager release formulation holds several [B, B] (supcon) or [B, K] fp32 matrices at
+# once (~25 bytes per score); past this budget (B = 16384: 6+ GiB) it does not fit beside
+# the other jobs of this shared machine.
+EAGER_MAX_BYTES = 2 * 2**30
+MIN_MIB_FOR_RATIO = 4.0  # below this, page granularity and noise dominate a memory ratio
+DEFAULT_JSON = Path(__file__).parent / "results" / "bench_contrastive.json"
+
+
+def providers() -> list[str]:
+    available = pha.ops.backends()
+    return ["eager"] + [b for b in ("cpp", "triton", "cuda") if b != "triton" and available[b]]
+
+
+def skip_reason(loss: str, provider: str, b: int, k: int) -> str | None:
+    need = 25 * b * (b if loss == "supcon" else k)
+    if provider == "eager" and need > EAGER_MAX_BYTES:
+        return f"skipped: eager needs ~{need / 2**30:.0f} GiB"
+    return None
+
+
+def make_case(b: int, k: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, D, generator=gen)
+    protos = torch.randn(k, D, generator=gen)
+    labels = torch.randint(0, k, (b,), generator=gen)
+    return z, protos, labels
+
+
+def step(loss: str, provider: str, z, protos, labels) -> None:
+    """One forward+backward on fresh leaves."""
+    backend = "reference" if provider == "eager" else provider
+    z = z.detach().requires_grad_(True)
+    protos = protos.detach().requires_grad_(True)
+    if loss == "supcon":
+        out = pha.ops.supcon_loss(z, labels, 0.1, backend=backend)
+    else:
+        out = pha.ops.prototype_loss(z, protos, labels, 0.1, backend=backend)
+    out.backward()
+
+
+def time_case(loss, provider, b, k, repeats) -> dict:
+    inputs = make_case(b, k)
+    step(loss, provider, *inputs)  # warm-up
+    times, cpu_times = [], []
+    for _ in range(repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step(loss, provider, *inputs)
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
+    return {
+        "median_ms": 1e3 * statistics.median(times),
+        "p20_ms": 1e3 * q[0],
+        "p80_ms": 1e3 * q[3],
+        # CPU time of the process (all threads): on a busy machine it leaves out the time
+        # spent waiting for a core, which the wall-clock median does not.
+        "cpu_ms": 1e3 * statistics.median(cpu_times),
+    }
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory(cases: list[tuple[str, str, int, int]]) -> list[float]:
+    """In this (child) process: extra peak MiB of each case's forward+backward."""
+    for loss in LOSSES:  # load every library and code path once
+        for provider in providers():
+            step(loss, provider, *make_case(16, 4))
+    extra = []
+    for loss, provider, b, k in cases:
+        inputs = make_case(b, k)
+        before = _status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        step(loss, provider, *inputs)
+        extra.append((_status_kib("VmHWM") - before) / 1024)
+        del inputs
+    return extra
+
+
+def memory_in_child(cases) -> list[float]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", json.dumps(cases)]
+        + ["--threads", str(torch.get_num_threads())],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(config: dict, json_path: Path) -> list[dict]:
+    records, mem_cases = [], []
+    for b in config["B"]:
+        for k in config["K"]:
+            for loss in LOSSES:
+                for provider in providers():
+                    rec = {"loss": loss, "B": b, "K": k, "D": D, "provider": provider}
+                    reason = skip_reason(loss, provider, b, k)
+                    if reason:
+                        rec["skipped"] = reason
+                    else:
+                        rec.update(time_case(loss, provider, b, k, config["repeats"]))
+                        mem_cases.append((loss, provider, b, k))
+                    records.append(rec)
+                    print(_progress(rec), file=sys.stderr, flush=True)
+    for (loss, provider, b, k), mib in zip(mem_cases, memory_in_child(mem_cases)):
+        rec = next(
+            r
+            for r in records
+            if (r["loss"], r["provider"], r["B"], r["K"]) == (loss, provider, b, k)
+        )
+        rec["extra_peak_mib"] = mib
+    for rec in records:
+        eager = next(
+            r
+            for r in records
+            if (r["loss"], r["B"], r["K"], r["provider"])
+            == (rec["loss"], rec["B"], rec["K"], "eager")
+        )
+        if "median_ms" in rec and "median_ms" in eager and rec["provider"] != "eager":
+            rec["speedup_vs_eager"] = eager["median_ms"] / rec["median_ms"]
+            rec["cpu_speedup_vs_eager"] = eager["cpu_ms"] / rec["cpu_ms"]
+            if eager["extra_peak_mib"] >= MIN_MIB_FOR_RATIO:
+                rec["memory_vs_eager"] = rec["extra_peak_mib"] / eager["extra_peak_mib"]
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "memory_method": "child process, MALLOC_MMAP_THRESHOLD_=65536, VmHWM - VmRSS",
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"meta": meta, "results": records}, indent=1))
+    return records
+
+
+def _progress(rec: dict) -> str:
+    what = rec.get("skipped") or f"{rec['median_ms']:.2f} ms"
+    return f"{rec['loss']} B={rec['B']} K={rec['K']} {rec['provider']}: {what}"
+
+
+def table(records: list[dict]) -> str:
+    head = (
+        "| loss | B | K | provider | fwd+bwd ms (p20-p80) | CPU ms | extra peak MiB "
+        "| speed-up | CPU-time speed-up | memory vs eager |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in records:
+        row = f"| {r['loss']} | {r['B']} | {r['K']} | {r['provider']} "
+        if "skipped" in r:
+            lines.append(row + f"| {r['skipped']} |" + " |" * 5)
+            continue
+        speed = f"{r['speedup_vs_eager']:.1f}x" if "speedup_vs_eager" in r else ""
+        cpu_speed = f"{r['cpu_speedup_vs_eager']:.1f}x" if "cpu_speedup_vs_eager" in r else ""
+        mem = f"{100 * r['memory_vs_eager']:.1f} %" if "memory_vs_eager" in r else ""
+        lines.append(
+            row + f"| {r['median_ms']:.2f} ({r['p20_ms']:.2f}-{r['p80_ms']:.2f}) "
+            f"| {r['cpu_ms']:.2f} | {r['extra_peak_mib']:.1f} | {speed} | {cpu_speed} | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, two repeats")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        print(json.dumps(measure_memory([tuple(c) for c in json.loads(args.memory_child)])))
+        return
+    records = run(QUICK if args.quick else FULL, args.json)
+    print(table(records))
+    print(f"\nthreads={torch.get_num_threads()} load average={os.getloadavg()} -> {args.json}")
+
+
+if __name__ == "__main__":
+    main()
