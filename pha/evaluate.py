@@ -1,0 +1,111 @@
+"""Evaluation: per-task metrics of a PHAModel on a split, and the metrics table.
+
+    python -m pha.evaluate RUN_DIR [--split test|validation] [--batch-size N]
+
+re-loads a run written by `python -m pha.train` (its resolved config and adapter) and
+prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from .data import Collator, MultiTaskData, metrics, parse_answer
+
+
+@torch.no_grad()
+def predict(model, collator: Collator, items: list[tuple[int, dict]], batch_size: int) -> list:
+    """Predictions (class ids, or floats for regression) for [(task_id, example)]."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            batch = collator(chunk, generate=True)
+            inputs = {
+                k: batch[k].to(model.device) for k in ("input_ids", "attention_mask", "task_ids")
+            }
+            if collator.kind == "encoder":
+                logits = model(**inputs).logits  # columns a task does not have hold the dtype's min
+                out.extend(logits.argmax(-1).tolist())
+            else:
+                out.extend(_generate(model, collator, chunk, inputs))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _generate(model, collator: Collator, chunk, inputs) -> list:
+    tok = collator.tokenizer
+    ids = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    if collator.kind == "decoder":  # the output repeats the (left-padded) prompt
+        ids = ids[:, inputs["input_ids"].shape[1] :]
+    texts = tok.batch_decode(ids, skip_special_tokens=True)
+    return [
+        parse_answer(collator.tasks[t], text.split("\n")[0]) for (t, _), text in zip(chunk, texts)
+    ]
+
+
+def evaluate(
+    model, collator: Collator, data: MultiTaskData, split: str = "test", batch_size: int = 64
+) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} on `split` of every task with examples there."""
+    results = {}
+    for task_id, (task, examples) in enumerate(zip(data.tasks, data.split(split))):
+        if not examples:
+            continue
+        preds = predict(model, collator, [(task_id, ex) for ex in examples], batch_size)
+        results[task.name] = metrics.compute(task.metrics, preds, [ex["label"] for ex in examples])
+    if not results:
+        raise ValueError(f"split {split!r} has no examples in any task")
+    return results
+
+
+def format_table(per_task: dict[str, dict[str, float]], average: float | None = None) -> str:
+    """A plain-text table: one row per task, one column per metric (in %)."""
+    names = list(dict.fromkeys(m for row in per_task.values() for m in row))
+    width = max([len("task"), len("average")] + [len(t) for t in per_task])
+    lines = [f"{'task':<{width}}  " + "  ".join(f"{n:>9}" for n in names)]
+    lines.append("-" * len(lines[0]))
+    for task, row in per_task.items():
+        cells = [f"{100 * row[n]:9.2f}" if n in row else f"{'':>9}" for n in names]
+        lines.append(f"{task:<{width}}  " + "  ".join(cells))
+    if average is not None:
+        lines.append("-" * len(lines[0]))
+        lines.append(f"{'average':<{width}}  {100 * average:9.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from . import PHAModel
+    from .data import load_tasks
+    from .hub import load_backbone
+
+    p = argparse.ArgumentParser(prog="python -m pha.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="an output directory of python -m pha.train")
+    p.add_argument("--split", choices=("test", "validation"), default="test")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    config_path = os.path.join(args.run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        p.error(f"{args.run_dir} has no config.json: not a pha.train output directory")
+    with open(config_path) as f:
+        cfg = json.load(f)
+    base, tokenizer, kind = load_backbone(cfg["model"])
+    model = PHAModel.from_pretrained(base, os.path.join(args.run_dir, "adapter"))
+    data = load_tasks(model.tasks, cfg["n_train"], cfg["n_eval"], cfg["seed"])
+    collator = Collator(tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"])
+    per_task = evaluate(model, collator, data, args.split, args.batch_size)
+    avg = metrics.average(per_task)
+    print(format_table(per_task, avg), file=sys.stdout)
+    return {"tasks": per_task, "average": avg}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""python -m pha.train: the default job in a fast mode, outputs, resume after SIGKILL,
+2-process DDP vs 1 process, few-shot transfer, text-to-text backbones, bad configs."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_utils import pha_cache, run_train, save_tiny_backbone, tiny_bert  # noqa: F401
+
+from pha import evaluate as pha_evaluate
+from pha import train
+from pha.checkpoint import list_checkpoints
+
+TASKS = ["rt_polarity", "rt_subjectivity", "tweet_sentiment"]
+
+
+def tiny_args(model, out, *extra) -> list[str]:
+    return ["--model", str(model), "--tasks", *TASKS, "--n-train", "24", "--n-eval", "16",
+            "--max-steps", "6", "--batch-size", "8", "--max-length", "24", "--warmup", "2",
+            "--output-dir", str(out), "--quiet", *extra]  # fmt: skip
+
+
+def _weights(run_dir):
+    return load_file(os.path.join(run_dir, "adapter", "adapter_model.safetensors"))
+
+
+def test_tiny_job_writes_every_output(tiny_bert, pha_cache, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    result = train.main(
+        tiny_args(tiny_bert, out, "--save-every", "3", "--eval-every", "3", "--log-every", "2")
+    )
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert set(on_disk) == {"tasks", "average", "step"} and on_disk["step"] == 6
+    assert list(on_disk["tasks"]) == TASKS
+    assert set(on_disk["tasks"]["rt_subjectivity"]) == {"accuracy", "mcc"}
+    assert all(
+        0.0 <= v <= 1.0 for m in on_disk["tasks"].values() for k, v in m.items() if k != "mcc"
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["tasks"] == TASKS and config["max_steps"] == 6 and config["method"] == "pha"
+    assert (out / "adapter" / "pha_config.json").exists() and _weights(out)
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    kinds = Counter(e["event"] for e in events)
+    assert (
+        kinds["train"] == 3
+        and kinds["validation"] == 1
+        and kinds["checkpoint"] == 1
+        and kinds["test"] == 1
+    )
+    assert all(
+        {"loss", "lr", "examples_per_s", "aux_ins", "aux_pro"} <= set(e)
+        for e in events
+        if e["event"] == "train"
+    )
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-00000003.pt"]
+    # pha.evaluate re-loads the run (config + adapter) and reproduces the test metrics
+    again = pha_evaluate.main([str(out)])
+    assert again["tasks"] == result["tasks"]
+    assert "average" in capsys.readouterr().out
+
+
+def test_real_default_path_minilm(pha_cache, tmp_path, capsys):  # noqa: F811
+    """The default job itself (PHA, MiniLM, the four real offline tasks), reduced."""
+    out = tmp_path / "run"
+    result = train.main(["--n-train", "16", "--n-eval", "16", "--max-steps", "3", "--batch-size", "8",
+                         "--max-length", "32", "--output-dir", str(out)])  # fmt: skip
+    assert list(result["tasks"]) == list(train.DEFAULTS["tasks"])
+    assert len(result["tasks"]) >= 4
+    printed = capsys.readouterr().out
+    for task in train.DEFAULTS["tasks"]:
+        assert task in printed
+    assert "average" in printed and "trainable params" in printed
+    weights = _weights(out)
+    assert any("prototypes" in k for k in weights) and any("retriever" in k for k in weights)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_bert, pha_cache, tmp_path):  # noqa: F811
+    common = ["--max-steps", "80", "--save-every", "10", "--keep-last", "2", "--log-every", "50"]
+    full = run_train(tiny_args(tiny_bert, tmp_path / "full", *common), pha_cache)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "PHA_CACHE": str(pha_cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pha.train", *tiny_args(tiny_bert, killed_dir, *common)]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while not (killed_dir / "checkpoint-00000020.pt").exists():
+        assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed_dir / "metrics.json").exists()
+
+    resumed = run_train(tiny_args(tiny_bert, killed_dir, *common, "--resume"), pha_cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (
+        json.loads((tmp_path / "full" / "metrics.json").read_text()),
+        json.loads((killed_dir / "metrics.json").read_text()),
+    )
+    assert a == b
+    wa, wb = _weights(tmp_path / "full"), _weights(killed_dir)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    assert len(list_checkpoints(killed_dir)) == 2  # keep-last
+
+
+def _initial_weights(model_dir) -> dict:
+    """The trainable weights pha.train starts from (seed 0)."""
+    import pha
+    from pha.data import get_task
+    from pha.hub import load_backbone
+
+    train.seed_everything(0)
+    base, _, _ = load_backbone(str(model_dir))
+    labels = [get_task(t).num_labels for t in TASKS]
+    return pha.get_model(base, pha.PHAConfig(tasks=TASKS, num_labels=labels)).trainable_state_dict()
+
+
+def test_ddp_two_processes_equal_one(tiny_bert, pha_cache, tmp_path):  # noqa: F811
+    common = ["--max-steps", "8", "--save-every", "0", "--lr", "3e-3"]
+    one = run_train(tiny_args(tiny_bert, tmp_path / "one", *common), pha_cache)
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = run_train(tiny_args(tiny_bert, tmp_path / "two", *common), pha_cache, launcher=torchrun)
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert w1.keys() == w2.keys()
+    initial = _initial_weights(tiny_bert)
+    moved = 0
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5, msg=k)
+        moved += int(not torch.equal(w1[k], initial[k]))
+    assert moved > 0  # training changed the weights: the equality is not trivial
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["step"] == 8
+
+
+def test_few_shot_transfer(tiny_bert, pha_cache, tmp_path):  # noqa: F811
+    source = tmp_path / "source"
+    train.main(tiny_args(tiny_bert, source))
+    out = tmp_path / "transfer"
+    result = train.main(["--model", str(tiny_bert), "--transfer-from", str(source), "--k-shot", "4",
+                         "--tasks", "bbc_topic", "--max-steps", "3", "--batch-size", "4", "--max-length", "24",
+                         "--n-eval", "16", "--output-dir", str(out), "--quiet"])  # fmt: skip
+    assert list(result["tasks"]) == ["bbc_topic"]
+    before, after = _weights(source), _weights(out)
+    assert after["prototypes.weight"].shape[0] == len(TASKS) + 1
+    # only the new prototype (and the new head) were tuned
+    torch.testing.assert_close(
+        after["prototypes.weight"][: len(TASKS)], before["prototypes.weight"]
+    )
+    for k in before:
+        if k != "prototypes.weight":
+            torch.testing.assert_close(after[k], before[k], msg=k)
+    assert any(k.startswith("heads.3.") for k in after)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["task"] for e in log if e["event"] == "add_task"] == ["bbc_topic"]
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "decoder"])
+def test_text_to_text_backbones(kind, pha_cache, tmp_path):  # noqa: F811
+    model = save_tiny_backbone(tmp_path / kind, kind)
+    result = train.main(tiny_args(model, tmp_path / "run", "--max-steps", "2"))
+    assert list(result["tasks"]) == TASKS
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in result["tasks"].values())
+
+
+# ---- bad configurations -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--method", "lora"], r"unknown method 'lora'; valid: \['adapter'"),
+        (["--max-steps", "0"], "--max-steps: expected an integer >= 1"),
+        (["--label-smoothing", "1.5"], "--label-smoothing"),
+        (["--k-shot", "4"], "--transfer-from and --k-shot go together"),
+        (["--method-args", "[1]"], "--method-args: expected a JSON object"),
+    ],
+)
+def test_bad_settings_are_named(args, match, capsys):
+    _fails_with(args, match, capsys)
+
+
+def test_unknown_flag_and_bad_values_exit_with_usage(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--epochs", "3"])
+    assert "unrecognized arguments: --epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--task-sampling", "hot"])
+    assert "expected 'proportional' or a temperature" in capsys.readouterr().err
+
+
+def test_config_file_and_flag_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max-steps: 7\nlr: 0.01\ntasks: [rt_polarity, bbc_topic]\ntask_sampling: 10\n")
+    cfg = train.resolve_config(["--config", str(path), "--lr", "0.5"])
+    assert (
+        cfg["max_steps"] == 7 and cfg["lr"] == 0.5 and cfg["tasks"] == ["rt_polarity", "bbc_topic"]
+    )
+    assert cfg["task_sampling"] == 10
+    path.write_text("max_stepz: 7\n")
+    with pytest.raises(train.ConfigError, match=r"unknown settings \['max_stepz'\].*valid"):
+        train.resolve_config(["--config", str(path)])
+    with pytest.raises(train.ConfigError, match="no file"):
+        train.resolve_config(["--config", str(tmp_path / "missing.yaml")])
+
+
+def _fails_with(args, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err, re.S), err
+
+
+def test_run_time_errors(tiny_bert, pha_cache, tmp_path, capsys):  # noqa: F811
+    args = tiny_args(tiny_bert, tmp_path / "a")
+    _fails_with(args + ["--tasks", "sst3"], "unknown task 'sst3'; valid tasks", capsys)
+    _fails_with(
+        args + ["--model", "./nowhere"], r"model: no directory.*\['minilm', 'smollm2'\]", capsys
+    )
+    _fails_with(args + ["--method-args", '{"adapter_dimm": 3}'], "fields of PHAConfig", capsys)
+
+
+def test_corrupt_and_mismatched_checkpoints(tiny_bert, pha_cache, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    train.main(tiny_args(tiny_bert, out, "--save-every", "3"))
+    [ckpt] = list_checkpoints(out)
+    mismatch = r"different run \(lr: checkpoint 0.001, this run 0.5\)"
+    _fails_with(tiny_args(tiny_bert, out, "--resume", "--lr", "0.5"), mismatch, capsys)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a crash without atomic writes
+    _fails_with(tiny_args(tiny_bert, out, "--resume"), "is corrupt", capsys)
+    _fails_with(tiny_args(tiny_bert, tmp_path / "empty", "--resume"), "no checkpoint", capsys)
