@@ -180,10 +180,10 @@ def run_transfer(args: argparse.Namespace) -> None:
                         ],
                         source,
                     )
-                base = ["--tasks", ",".join(args.held_out), "--k-shot", str(k), "--seed", str(seed)]
+                base = ["--tasks", ",".join(args.held_out), "--seed", str(seed)]
                 if init == "pha_prototype":
-                    flags = ["--transfer-from", str(source), *base]
-                else:
+                    flags = ["--transfer-from", str(source), "--k-shot", str(k), *base]
+                else:  # the same k examples per task, a plain adapter from scratch
                     flags = [
                         "--method",
                         "adapter",
