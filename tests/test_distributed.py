@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -72,29 +74,45 @@ def _worker(rank, backends, out_dir):
         world_size=WORLD,
         timeout=datetime.timedelta(seconds=60),
     )
-    try:
-        results = {}
-        for backend in backends:
-            for name, split in SPLITS.items():
-                x, ids = _global_batch(split)
-                start = sum(split[:rank])
-                rows = slice(start, start + split[rank])
-                model = torch.nn.parallel.DistributedDataParallel(_model(backend))
-                loss, z = model(x[rows], ids[rows])
-                loss.backward()
-                results[backend, name] = {
-                    "loss": loss.detach(),
-                    "z": z.detach(),
-                    "grads": {n: p.grad for n, p in model.module.named_parameters()},
-                }
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    results = {}
+    for backend in backends:
+        for name, split in SPLITS.items():
+            x, ids = _global_batch(split)
+            start = sum(split[:rank])
+            rows = slice(start, start + split[rank])
+            model = torch.nn.parallel.DistributedDataParallel(_model(backend))
+            loss, z = model(x[rows], ids[rows])
+            loss.backward()
+            results[backend, name] = {
+                "loss": loss.detach(),
+                "z": z.detach(),
+                "grads": {n: p.grad for n, p in model.module.named_parameters()},
+            }
+    path = os.path.join(out_dir, f"rank{rank}.pt")
+    torch.save(results, path + ".tmp")
+    os.replace(path + ".tmp", path)  # the peer never sees a partial file
+    # destroy_process_group() on a file:// store was seen to hang once the peer had
+    # exited. Every collective is complete on both ranks once both result files exist,
+    # so wait for that and leave without tearing the group down.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if all(os.path.exists(os.path.join(out_dir, f"rank{r}.pt")) for r in range(WORLD)):
+            break
+        time.sleep(0.05)
+    os._exit(0)
 
 
 def test_ddp_matches_single_process(tmp_path):
     backends = _backends()
-    mp.spawn(_worker, args=(backends, str(tmp_path)), nprocs=WORLD, join=True)
+    workers = mp.start_processes(
+        _worker, args=(backends, str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 300
+    while not workers.join(timeout=1):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("the 2 DDP workers did not finish within 300 s")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for backend in backends:
         for name, split in SPLITS.items():
