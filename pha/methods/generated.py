@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .. import ops
-from .base import expand_rows
+from ..modules import Adapter
+from .base import PHAModel, expand_rows
 
 ADAPTER_TENSORS = ("w_down", "b_down", "w_up", "b_up")
 
@@ -35,3 +37,39 @@ def apply_generated_adapter(
     else:
         index = expand_rows(index, n)
     return ops.hyper_adapter(x, *w, index=index, activation=activation, backend=backend)
+
+
+def attach_shared_lower_adapters(model: PHAModel) -> nn.ModuleList:
+    """The lower half of PHA / HyperDecoders: one ordinary adapter per layer, shared by all
+    tasks, parallel to the FFN."""
+    cfg, bb = model.config, model.backbone
+    adapters = nn.ModuleList(
+        Adapter(
+            bb.d_model,
+            cfg.adapter_dim,
+            activation="relu",
+            init_gain=cfg.lower_init_gain,
+            backend=cfg.backend,
+        )
+        for _ in bb.lower
+    )
+    for layer, adapter in zip(bb.lower, adapters):
+        bb.add_parallel_adapter(layer, adapter)
+    return adapters
+
+
+def attach_generated_upper_adapters(model: PHAModel) -> None:
+    """The upper half: each layer's parallel ReLU adapter takes the weights (and index, None
+    for one set per instance) that the call's context holds."""
+
+    def adapter(site: int):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            ctx = model.ctx()
+            return apply_generated_adapter(
+                x, ctx.weights, site, ctx.index, "relu", model.config.backend
+            )
+
+        return fn
+
+    for site, layer in enumerate(model.backbone.upper):
+        model.backbone.add_parallel_adapter(layer, adapter(site))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ... import ops
-from ...modules import Adapter, HyperNetwork, InstanceRetriever, PrototypeBank
+from ...modules import HyperNetwork, InstanceRetriever, PrototypeBank
 from ..base import Context, PHAModel, expand_rows, register
-from ..generated import adapter_shapes, apply_generated_adapter
+from ..generated import (
+    adapter_shapes,
+    attach_generated_upper_adapters,
+    attach_shared_lower_adapters,
+)
 from .config import PHAConfig
 
 
@@ -23,12 +26,7 @@ class PHAForModel(PHAModel):
     def build(self) -> None:
         cfg, bb = self.config, self.backbone
         d, r, e = bb.d_model, cfg.adapter_dim, cfg.hyper_embed_dim
-        self.lower_adapters = nn.ModuleList(
-            Adapter(d, r, activation="relu", init_gain=cfg.lower_init_gain, backend=cfg.backend)
-            for _ in bb.lower
-        )
-        for layer, adapter in zip(bb.lower, self.lower_adapters):
-            bb.add_parallel_adapter(layer, adapter)
+        self.lower_adapters = attach_shared_lower_adapters(self)
         self.retriever = InstanceRetriever(d, cfg.retriever_hidden_dim, e)
         self.prototypes = PrototypeBank(len(cfg.tasks), e)
         self.hypernet = HyperNetwork(
@@ -41,17 +39,7 @@ class PHAForModel(PHAModel):
             per_site=cfg.hypernet_per_layer,
             init="hyperfanin",
         )
-        for site, layer in enumerate(bb.upper):
-            bb.add_parallel_adapter(layer, self._upper_adapter(site))
-
-    def _upper_adapter(self, site: int):
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            ctx = self.ctx()
-            return apply_generated_adapter(
-                x, ctx.weights, site, ctx.index, "relu", self.config.backend
-            )
-
-        return fn
+        attach_generated_upper_adapters(self)
 
     def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:
         mask = expand_rows(ctx.pool_mask, hidden.shape[0])
