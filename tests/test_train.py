@@ -41,7 +41,7 @@ def test_tiny_job_writes_every_output(tiny_bert, pha_cache, tmp_path, capsys):  
     assert on_disk == json.loads(json.dumps(result))
     assert set(on_disk) == {"tasks", "average", "step"} and on_disk["step"] == 6
     assert list(on_disk["tasks"]) == TASKS
-    assert set(on_disk["tasks"]["rt_subjectivity"]) == {"accuracy", "mcc"}
+    assert set(on_disk["tasks"]["rt_subjectivity"]) == {"accuracy", "macro_f1", "mcc"}
     assert all(
         0.0 <= v <= 1.0 for m in on_disk["tasks"].values() for k, v in m.items() if k != "mcc"
     )

