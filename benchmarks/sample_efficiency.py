@@ -219,96 +219,143 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{100 * mean(values):.1f} ± {100 * (stdev(values) if len(values) > 1 else 0.0):.1f}"
+def _pct(values: list[float]) -> str:
+    """Mean ± sample std over seeds, in points."""
+    sd = stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean(values):.1f} ± {100 * sd:.1f}"
 
 
-def _averages(rows: list[dict], group: str, size: str) -> dict[tuple[str, int], list[float]]:
-    """Per (group, size): one number per seed, the average over tasks of each task's first metric."""
-    first_metric: dict[str, str] = {}
-    per_run: dict[tuple[str, int, str], list[float]] = defaultdict(list)
+Scores = dict[tuple[str, int], dict[str, list[float]]]  # (group, size) -> seed -> task scores
+
+
+def _scores(rows: list[dict], group: str, size: str, metric: str) -> Scores:
+    """Per (group, size) and seed, every task's `metric` (in task order of the CSV)."""
+    out: Scores = defaultdict(lambda: defaultdict(list))
+    has_metric = {r["task"] for r in rows if r["metric"] == metric}
+    missing = sorted({r["task"] for r in rows} - has_metric)
+    if missing:
+        raise SystemExit(f"--metric: tasks {missing} have no {metric!r} score")
     for r in rows:
-        first_metric.setdefault(r["task"], r["metric"])
-        if r["metric"] == first_metric[r["task"]]:
-            per_run[(r[group], int(r[size]), r["seed"])].append(float(r["score"]))
-    out: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for (g, n, _), scores in sorted(per_run.items()):
-        out[(g, n)].append(mean(scores))
+        if r["metric"] == metric:
+            out[(r[group], int(r[size]))][r["seed"]].append(float(r["score"]))
     return out
 
 
+def _averages(scores: Scores) -> dict[tuple[str, int], list[float]]:
+    """Per (group, size): one number per seed, the average over tasks (sorted by seed)."""
+    return {key: [mean(v) for _, v in sorted(seeds.items())] for key, seeds in scores.items()}
+
+
+def _table(avg: dict[tuple[str, int], list[float]], group: str, size: str) -> list[str]:
+    groups = sorted({g for g, _ in avg})
+    sizes = sorted({n for _, n in avg})
+    lines = [f"| {group} | " + " | ".join(f"{size}={n}" for n in sizes) + " |"]
+    lines.append("|---" * (len(sizes) + 1) + "|")
+    for g in groups:
+        cells = [_pct(avg[(g, n)]) if (g, n) in avg else "" for n in sizes]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired(avg: dict[tuple[str, int], list[float]], a: str, b: str) -> list[str]:
+    """a − b per size: mean ± std of the per-seed differences (same seed, same data)."""
+    cells = []
+    for n in sorted({n for _, n in avg}):
+        if (a, n) in avg and (b, n) in avg and len(avg[(a, n)]) == len(avg[(b, n)]):
+            cells.append(_pct([x - y for x, y in zip(avg[(a, n)], avg[(b, n)])]))
+        else:
+            cells.append("")
+    return [f"| {a} − {b} | " + " | ".join(cells) + " |"]
+
+
+def _plot_average(plt, avg, path: Path, ylabel: str) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for m in sorted({m for m, _ in avg}):
+        ns = sorted(n for g, n in avg if g == m)
+        mu = [100 * mean(avg[(m, n)]) for n in ns]
+        sd = [100 * (stdev(avg[(m, n)]) if len(avg[(m, n)]) > 1 else 0) for n in ns]
+        ax.errorbar(ns, mu, yerr=sd, marker="o", capsize=3, label=m)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({n for _, n in avg}), [str(n) for n in sorted({n for _, n in avg})])
+    ax.set_xlabel("training examples per task")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _plot_tasks(plt, rows: list[dict], metric: str, path: Path) -> None:
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cols = 4
+    nrows = (len(tasks) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        task_avg = _averages(
+            _scores([r for r in rows if r["task"] == task], "method", "n_train", metric)
+        )
+        for m in sorted({m for m, _ in task_avg}):
+            ns = sorted(n for g, n in task_avg if g == m)
+            mu = [100 * mean(task_avg[(m, n)]) for n in ns]
+            sd = [100 * (stdev(task_avg[(m, n)]) if len(task_avg[(m, n)]) > 1 else 0) for n in ns]
+            ax.errorbar(ns, mu, yerr=sd, marker="o", capsize=2, label=m)
+        ax.set_xscale("log")
+        ax.set_title(task, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supylabel(f"{metric} (%)")
+    fig.supxlabel("training examples per task")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def report(args: argparse.Namespace) -> None:
+    """Markdown tables (printed and written next to the CSV) and the two plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = _read(args.out)
-    avg = _averages(rows, "method", "n_train")
-    methods = sorted({m for m, _ in avg})
+    avg = _averages(_scores(rows, "method", "n_train", args.metric))
+    lines = [f"Average {args.metric} over tasks (%), mean ± std over seeds", ""]
+    lines += _table(avg, "method", "n")
+    if {"pha", "adapter"} <= {m for m, _ in avg}:
+        lines += _paired(avg, "pha", "adapter")
+    if args.metric != "accuracy":
+        acc = _averages(_scores(rows, "method", "n_train", "accuracy"))
+        lines += ["", "Average accuracy over tasks (%), mean ± std over seeds", ""]
+        lines += _table(acc, "method", "n")
+    lines += ["", f"Per task {args.metric} (%), mean ± std over seeds", ""]
     sizes = sorted({n for _, n in avg})
-    print("average score (%), mean ± std over seeds\n")
-    print("| method | " + " | ".join(f"n={n}" for n in sizes) + " |")
-    print("|---" * (len(sizes) + 1) + "|")
-    for m in methods:
-        cells = [_mean_std(avg[(m, n)]) if (m, n) in avg else "" for n in sizes]
-        print(f"| {m} | " + " | ".join(cells) + " |")
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m in methods:
-        ns = [n for n in sizes if (m, n) in avg]
-        mu = [100 * mean(avg[(m, n)]) for n in ns]
-        sd = [100 * (stdev(avg[(m, n)]) if len(avg[(m, n)]) > 1 else 0) for n in ns]
-        ax.errorbar(ns, mu, yerr=sd, marker="o", capsize=3, label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("training examples per task")
-    ax.set_ylabel("average score (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out.parent / "sample_efficiency.png", dpi=120)
-
-    tasks = sorted({r["task"] for r in rows})
-    cols = 4
-    fig, axes = plt.subplots(
-        (len(tasks) + cols - 1) // cols,
-        cols,
-        figsize=(4 * cols, 3 * ((len(tasks) + cols - 1) // cols)),
-        squeeze=False,
-    )
-    for ax, task in zip(axes.flat, tasks):
-        task_avg = _averages([r for r in rows if r["task"] == task], "method", "n_train")
-        for m in methods:
-            ns = [n for n in sizes if (m, n) in task_avg]
-            ax.errorbar(
-                ns,
-                [100 * mean(task_avg[(m, n)]) for n in ns],
-                yerr=[
-                    100 * (stdev(task_avg[(m, n)]) if len(task_avg[(m, n)]) > 1 else 0) for n in ns
-                ],
-                marker="o",
-                capsize=2,
-                label=m,
-            )
-        ax.set_xscale("log")
-        ax.set_title(task, fontsize=9)
-    for ax in list(axes.flat)[len(tasks) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out.parent / "sample_efficiency_tasks.png", dpi=110)
+    methods = sorted({m for m, _ in avg})
+    lines.append("| task | n | " + " | ".join(methods) + " |")
+    lines.append("|---" * (len(methods) + 2) + "|")
+    for task in dict.fromkeys(r["task"] for r in rows):
+        t_avg = _averages(
+            _scores([r for r in rows if r["task"] == task], "method", "n_train", args.metric)
+        )
+        for n in sizes:
+            cells = [_pct(t_avg[(m, n)]) if (m, n) in t_avg else "" for m in methods]
+            lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+    _plot_average(plt, avg, args.out.parent / "sample_efficiency.png", f"average {args.metric} (%)")
+    _plot_tasks(plt, rows, args.metric, args.out.parent / "sample_efficiency_tasks.png")
 
     if args.transfer_out.exists():
-        t_avg = _averages(_read(args.transfer_out), "init", "k_shot")
-        ks = sorted({k for _, k in t_avg})
-        print("\nfew-shot transfer to held-out tasks (%), mean ± std over seeds\n")
-        print("| init | " + " | ".join(f"k={k}" for k in ks) + " |")
-        print("|---" * (len(ks) + 1) + "|")
-        for init in sorted({i for i, _ in t_avg}):
-            print(
-                f"| {init} | "
-                + " | ".join(_mean_std(t_avg[(init, k)]) if (init, k) in t_avg else "" for k in ks)
-                + " |"
-            )
+        t_rows = _read(args.transfer_out)
+        t_scores = _scores(t_rows, "init", "k_shot", args.metric)
+        lines += ["", f"Few-shot transfer to held-out tasks, average {args.metric} (%)", ""]
+        lines += _table(_averages(t_scores), "init", "k")
+        lines += _paired(_averages(t_scores), "pha_prototype", "fresh_adapter")
+        for task in dict.fromkeys(r["task"] for r in t_rows):
+            sub = [r for r in t_rows if r["task"] == task]
+            lines += ["", f"{task} ({args.metric}, %)", ""]
+            lines += _table(_averages(_scores(sub, "init", "k_shot", args.metric)), "init", "k")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (args.out.parent / "sample_efficiency.md").write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,31 +34,63 @@ def test_plan_skips_runs_already_in_the_csv(study, tmp_path, capsys):
         ["--plan", "--out", str(out), "--methods", "pha,adapter", "--n-train", "32", "--seeds", "0"]
     )
     printed = capsys.readouterr().out
-    assert "1 runs to do (1 done)" in printed
+    assert "1 runs to do in shard 0/1 (1 done)" in printed
     assert "adapter n_train=32 seed=0" in printed and "pha n_train=32" not in printed
+
+
+def test_shards_split_the_grid_and_stay_stable_when_runs_finish(study, tmp_path, capsys):
+    out = tmp_path / "se.csv"
+    grid = ["--out", str(out), "--methods", "pha,adapter", "--n-train", "32,100", "--seeds", "0"]
+    planned = []
+    for shard in ("0/2", "1/2"):
+        study.main(["--plan", "--shard", shard, *grid])
+        planned.append([line.strip() for line in capsys.readouterr().out.splitlines()[1:]])
+    assert sorted(planned[0] + planned[1]) == sorted(
+        f"{m} n_train={n} seed=0" for m in ("pha", "adapter") for n in (32, 100)
+    )
+    assert not set(planned[0]) & set(planned[1])
+    _write(study, out, [("pha", 32, 0, "a", "accuracy", 0.5, "{}")])  # shard 0's first run
+    study.main(["--plan", "--shard", "1/2", *grid])
+    assert [line.strip() for line in capsys.readouterr().out.splitlines()[1:]] == planned[1]
+    with pytest.raises(SystemExit):
+        study.parse_args(["--shard", "2/2"])
+
+
+def test_transfer_refuses_held_out_tasks_that_are_trained_on(study, tmp_path):
+    with pytest.raises(SystemExit, match="also training tasks"):
+        study.main(["--transfer", "--plan", "--tasks", "a,b", "--held-out", "b"])
+
+
+def _report_rows() -> list[tuple]:
+    rows = []
+    # pha: seed 0 averages (0.6 + 0.8) / 2 = 0.7, seed 1 (0.8 + 1.0) / 2 = 0.9 -> 80.0 ± 14.1
+    # adapter: 0.5 and 0.6 -> paired differences 0.2, 0.3 -> 25.0 ± 7.1
+    for seed, (a, b, c) in enumerate([(0.6, 0.8, 0.5), (0.8, 1.0, 0.6)]):
+        rows += [
+            ("pha", 32, seed, "t1", "accuracy", a, "{}"),
+            ("pha", 32, seed, "t1", "macro_f1", 0.0, "{}"),
+            ("pha", 32, seed, "t2", "accuracy", b, "{}"),
+            ("adapter", 32, seed, "t1", "accuracy", c, "{}"),
+            ("adapter", 32, seed, "t2", "accuracy", c, "{}"),
+        ]
+    return rows
 
 
 def test_report_averages_tasks_per_seed_then_seeds(study, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "se.csv"
-    rows = []
-    # pha: seed 0 averages (0.6 + 0.8) / 2 = 0.7, seed 1 (0.8 + 1.0) / 2 = 0.9 -> 80.0 ± 14.1
-    for seed, (a, b) in enumerate([(0.6, 0.8), (0.8, 1.0)]):
-        rows += [
-            ("pha", 32, seed, "t1", "accuracy", a, "{}"),
-            ("pha", 32, seed, "t1", "macro_f1", 0.0, "{}"),
-        ]
-        rows += [("pha", 32, seed, "t2", "accuracy", b, "{}")]
-    rows += [
-        ("adapter", 32, 0, "t1", "accuracy", 0.5, "{}"),
-        ("adapter", 32, 0, "t2", "accuracy", 0.5, "{}"),
-    ]
-    _write(study, out, rows)
-    study.main(["--report", "--out", str(out), "--transfer-out", str(tmp_path / "none.csv")])
+    _write(study, out, _report_rows())
+    args = ["--report", "--out", str(out), "--transfer-out", str(tmp_path / "none.csv")]
+    study.main([*args, "--metric", "accuracy"])
     table = capsys.readouterr().out
     assert "| pha | 80.0 ± 14.1 |" in table
-    assert "| adapter | 50.0 ± 0.0 |" in table
+    assert "| adapter | 55.0 ± 7.1 |" in table
+    assert "| pha − adapter | 25.0 ± 7.1 |" in table
+    assert "| t2 | 32 | 55.0 ± 7.1 | 90.0 ± 14.1 |" in table  # per task, methods sorted
+    assert table in (tmp_path / "sample_efficiency.md").read_text() + "\n"
     assert (tmp_path / "sample_efficiency.png").stat().st_size > 0
     assert (tmp_path / "sample_efficiency_tasks.png").stat().st_size > 0
     with out.open() as f:
         assert next(csv.reader(f)) == study.FIELDS
+    with pytest.raises(SystemExit, match="t2"):  # t2 has no macro_f1: no silent mixing
+        study.main([*args, "--metric", "macro_f1"])
