@@ -13,7 +13,10 @@ tokens, mixed-task batches of 32 and 128. A step = forward + backward + AdamW st
 
 Time: the three methods' models live in one subprocess and take turns step by step
 (so that a shared machine's load hits them alike); median and 20/80 % quantiles over
-the repeats after warm-up. Memory: each method in its own subprocess; peak = the peak
+the repeats after warm-up. "% peak": the step's forward+backward FLOPs (counted by
+torch.utils.flop_counter on one step; matmuls only, pha's fused ops not counted, the AdamW
+step neither) over its median time, against a oneDNN GEMM timed in the same process
+(bench_adapter.gemm_peak). Memory: each method in its own subprocess; peak = the peak
 RSS over two steps minus the RSS just before them (model and optimizer built). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
 steadier numbers; the machine is shared, so compare ratios from one run.
 
@@ -148,6 +151,15 @@ class Trainer:
         self.opt.step()
         return time.perf_counter() - start
 
+    def step_gflop(self) -> float:
+        """Forward + backward FLOPs of one step, as torch's flop counter sees them."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.model(**self.inputs).loss.backward()
+        self.opt.zero_grad(set_to_none=True)
+        return counter.get_total_flops() / 1e9
+
     def describe(self) -> dict:
         import torch
 
@@ -182,16 +194,33 @@ def measure_time(spec: dict) -> dict[str, dict]:
         order = METHODS[i % len(METHODS) :] + METHODS[: i % len(METHODS)]
         for method in order:
             times[method].append(trainers[method].step())
+    peak = _gemm_peak_gflops(quick=spec["batch"] < 8)
     out = {}
     for method, ts in times.items():
         q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else [ts[0]] * 4
+        gflop = trainers[method].step_gflop()
+        gflops = gflop / statistics.median(ts)
         out[method] = {
             "median_ms": 1e3 * statistics.median(ts),
             "p20_ms": 1e3 * q[0],
             "p80_ms": 1e3 * q[3],
+            "step_gflop": gflop,
+            "gflops": gflops,
+            "gemm_peak_gflops": peak,
+            "fraction_of_gemm_peak": gflops / peak,
             **trainers[method].describe(),
         }
     return out
+
+
+def _gemm_peak_gflops(quick: bool) -> float:
+    import torch
+
+    sys.path.insert(0, str(HERE))  # the benchmarks are scripts; share bench_adapter's yardstick
+    from bench_adapter import gemm_peak
+
+    timing = argparse.Namespace(quick=quick, repeats=5, min_sample_s=0.2, timer="wall")
+    return gemm_peak(torch.float32, torch.device("cpu"), timing, lambda: None)
 
 
 def _status_kib(field: str) -> int:
@@ -326,12 +355,13 @@ def print_table(results: list[dict]) -> None:
             return "1"
         return f"{x[key + '_vs_adapter']:.2f}" if x[key + "_vs_adapter"] is not None else "-"
 
-    print("| backbone | batch | method | step ms: median (p20-p80) | x adapter | peak MiB | x adapter "
-          "| step peak MiB | x adapter | adapter op / losses |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| backbone | batch | method | step ms: median (p20-p80) | x adapter | GFLOP/s (% peak) "
+          "| peak MiB | x adapter | step peak MiB | x adapter | adapter op / losses |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['median_ms']:.0f} "
               f"({r['p20_ms']:.0f}-{r['p80_ms']:.0f}) | {ratio(r, 'median_ms')} | "
+              f"{r['gflops']:.0f} ({100 * r['fraction_of_gemm_peak']:.0f}%) | "
               f"{r['peak_mib']:.0f} | {ratio(r, 'peak_mib')} | {r['step_peak_mib']:.0f} | "
               f"{ratio(r, 'step_peak_mib')} | {r['adapter_backend']} / {r['loss_backend']} |")  # fmt: skip
 

@@ -23,6 +23,7 @@ def test_bench_train_step_quick(tmp_path, capsys):
     rows = payload["results"]
     assert [r["method"] for r in rows] == ["adapter", "pha", "release"]
     assert all(r["median_ms"] > 0 and r["trainable_params"] > 0 for r in rows)
+    assert all(r["step_gflop"] > 0 and 0 < r["fraction_of_gemm_peak"] for r in rows)
     assert {r["adapter_backend"] for r in rows if r["method"] == "release"} == {"reference"}
     assert {(r["method"], r["backbone"]) for r in payload["ratios"]} == {
         ("pha", "tiny-t5"),
