@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--shard", type=_shard, default=(0, 1), help="I/N: do every N-th run from the I-th"
     )
+    p.add_argument(
+        "--label",
+        help="name a variant in the CSV and run directories (one method; its flags after --)",
+    )
     p.add_argument("--metric", default="macro_f1", help="the per-task score the report averages")
     p.add_argument("--model", default="minilm")
     p.add_argument("--out", type=Path, default=RESULTS / "sample_efficiency.csv")
@@ -99,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: extra pha.train flags")
     args = p.parse_args(argv)
     args.train_args = [a for a in args.train_args if a != "--"]
+    if args.label and len(args.methods) != 1:
+        p.error(f"--label names one method's variant; got --methods {','.join(args.methods)}")
     return args
 
 
@@ -154,13 +160,19 @@ def _grid_flags(args: argparse.Namespace, method: str, n: int, seed: int) -> lis
     ]  # fmt: skip
 
 
+def _name(args: argparse.Namespace, method: str) -> str:
+    """The method column of the CSV: the method, or the --label of its variant."""
+    return args.label or method
+
+
 def _grid_run(args: argparse.Namespace, method: str, n: int, seed: int) -> Path:
     """Train one grid run (resuming it if interrupted) and append its rows; its directory."""
     flags = _grid_flags(args, method, n, seed)
-    run_dir = args.runs_dir / f"{method}-n{n}-s{seed}"
+    name = _name(args, method)
+    run_dir = args.runs_dir / f"{name}-n{n}-s{seed}"
     metrics = _train(flags, run_dir)
     config = {"flags": flags, "step": metrics.get("step")}
-    keys = {"method": method, "n_train": n, "seed": seed}
+    keys = {"method": name, "n_train": n, "seed": seed}
     _append(args.out, _rows(metrics, keys, config), FIELDS)
     return run_dir
 
@@ -170,11 +182,13 @@ def run_grid(args: argparse.Namespace) -> None:
     # Seed-major: an interrupted study still has every (method, size) cell with fewer seeds.
     index, count = args.shard  # sharded before skipping done runs: stable across restarts
     runs = [(m, n, s) for s in args.seeds for n in args.n_train for m in args.methods]
-    todo = [(m, n, s) for m, n, s in runs[index::count] if (m, str(n), str(s)) not in done]
+    todo = [
+        (m, n, s) for m, n, s in runs[index::count] if (_name(args, m), str(n), str(s)) not in done
+    ]
     print(f"{len(todo)} runs to do in shard {index}/{count} ({len(done)} done) -> {args.out}")
     for method, n, seed in todo:
         if args.plan:
-            print(f"  {method} n_train={n} seed={seed}")
+            print(f"  {_name(args, method)} n_train={n} seed={seed}")
         else:
             _grid_run(args, method, n, seed)
 

@@ -381,3 +381,38 @@ def test_add_task_on_the_other_methods():
         shared.add_task("new", examples)
     with pytest.raises(ValueError, match="needs num_labels"):
         build("pha", "bert").add_task("x", examples)
+
+
+def _encoder_states(run, encoder: torch.nn.Module) -> torch.Tensor:
+    """The encoder stack's last hidden states during run()."""
+    seen = []
+    handle = encoder.register_forward_hook(lambda m, a, out: seen.append(out.last_hidden_state))
+    with torch.no_grad():
+        run()
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_hyperformer_norm_init_zero_starts_as_the_backbone(family):
+    """norm_init="zero": every generated LayerNorm starts at gain 0 and bias 0, so each
+    adapter block adds nothing and the encoder computes what the frozen backbone does;
+    the paper's init ("normal") does not (on post-LN BERT it moves the output a lot)."""
+    ids, mask, labels = batch(family)
+    task_ids = torch.arange(ids.shape[0]) % len(TASKS)
+    backbone = tiny(family)
+    plain_kwargs = {} if family == "bert" else {"labels": labels}
+    plain = _encoder_states(
+        lambda: backbone(input_ids=ids, attention_mask=mask, **plain_kwargs), backbone.encoder
+    )
+    for norm_init in ("zero", "normal"):
+        model = build("hyperformer", family, norm_init=norm_init).eval()
+        states = _encoder_states(
+            lambda m=model: m(ids, mask, labels=labels, task_ids=task_ids), model.base_model.encoder
+        )
+        if norm_init == "zero":
+            torch.testing.assert_close(states, plain)
+        else:
+            assert not torch.allclose(states, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="norm_init"):
+        build("hyperformer", family, norm_init="ones")

@@ -56,6 +56,16 @@ def test_shards_split_the_grid_and_stay_stable_when_runs_finish(study, tmp_path,
         study.parse_args(["--shard", "2/2"])
 
 
+def test_label_names_a_variant_of_one_method(study, tmp_path, capsys):
+    out = tmp_path / "se.csv"
+    _write(study, out, [("hyperformer", 32, 0, "a", "accuracy", 0.5, "{}")])
+    grid = ["--plan", "--out", str(out), "--methods", "hyperformer", "--n-train", "32"]
+    study.main([*grid, "--seeds", "0", "--label", "hf-zero", "--", "--lr", "1e-4"])
+    assert "hf-zero n_train=32 seed=0" in capsys.readouterr().out  # not the plain method's run
+    with pytest.raises(SystemExit):
+        study.parse_args(["--methods", "pha,adapter", "--label", "x"])
+
+
 def test_transfer_refuses_held_out_tasks_that_are_trained_on(study, tmp_path):
     with pytest.raises(SystemExit, match="also training tasks"):
         study.main(["--transfer", "--plan", "--tasks", "a,b", "--held-out", "b"])

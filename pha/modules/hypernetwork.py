@@ -114,6 +114,17 @@ class HyperNetwork(nn.Module):
                 nn.init.uniform_(head.weight, -bound, bound)
                 nn.init.zeros_(head.bias)
 
+    @torch.no_grad()
+    def zero_heads(self, *names: str) -> None:
+        """Zero the named heads (weights and biases): those tensors start generated as 0."""
+        unknown = sorted(set(names) - set(self.shapes))
+        if unknown:
+            raise ValueError(f"names: {unknown} are not generated; known: {sorted(self.shapes)}")
+        for gen in self._generators():
+            for name in names:
+                nn.init.zeros_(gen.heads[name].weight)
+                nn.init.zeros_(gen.heads[name].bias)
+
     def site_inputs(self) -> torch.Tensor:
         """[num_sites, site_embed_dim * axes]: the concatenated embeddings of every site."""
         grids = torch.meshgrid(

@@ -20,6 +20,9 @@ class HyperFormerConfig(MethodConfig):
     hypernet_hidden_dim, hypernet_out_dim: trunk widths (128, 64).
     activation: the adapter non-linearity ("gelu", tanh form, as in the paper).
     train_layer_norms: also train the backbone's LayerNorms (the paper does).
+    norm_init: "normal" (the paper: the heads generating the post-adapter LayerNorm's
+        gain and bias are N(0, 1e-2) like every other head) or "zero" (those two heads
+        start at zero, so every adapter block starts as the identity).
     """
 
     method: ClassVar[str] = "hyperformer"
@@ -29,3 +32,4 @@ class HyperFormerConfig(MethodConfig):
     hypernet_out_dim: int = 64
     activation: str = "gelu"
     train_layer_norms: bool = True
+    norm_init: str = "normal"
