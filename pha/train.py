@@ -47,7 +47,7 @@ DEFAULTS: dict = {
     "n_eval": 300,  # at most this many validation / test examples per task
     "max_steps": 150,
     "batch_size": 32,  # global (over all ranks)
-    "lr": 1e-3,
+    "lr": None,  # None: LEARNING_RATES[method]
     "warmup": 15,
     "weight_decay": 0.0,
     "grad_clip": 1.0,
@@ -71,6 +71,13 @@ DEFAULTS: dict = {
     "log_every": 10,
     "quiet": False,
 }
+
+
+# Peak learning rates when --lr is not given: the parameter-efficient methods train small
+# freshly initialised modules (1e-3, as the releases); full fine-tuning moves the whole
+# pretrained backbone, which 1e-3 would wreck.
+LEARNING_RATES = {"full": 1e-4}
+PEFT_LEARNING_RATE = 1e-3
 
 
 class ConfigError(ValueError):
@@ -123,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-steps", type=int)
     a("--batch-size", type=int, help="global batch size")
     a("--eval-batch-size", type=int)
-    a("--lr", type=float)
+    a("--lr", type=float, help="peak learning rate (default 1e-3; 1e-4 for --method full)")
     a("--warmup", type=int, help="linear warmup steps")
     a("--weight-decay", type=float)
     a("--grad-clip", type=float, help="max gradient norm (0: off)")
@@ -165,6 +172,8 @@ def resolve_config(argv: list[str] | None = None) -> dict:
         cfg.update(_read_config_file(args.pop("config")))
     cfg.update(args)
     cfg["tasks"] = [t for item in cfg["tasks"] for t in str(item).split(",") if t]
+    if cfg["lr"] is None:
+        cfg["lr"] = LEARNING_RATES.get(cfg["method"], PEFT_LEARNING_RATE)
     _validate(cfg)
     return cfg
 
@@ -215,7 +224,7 @@ def _validate(cfg: dict) -> None:
             raise ConfigError(
                 f"--{key.replace('_', '-')}: expected an integer >= 0, got {cfg[key]!r}"
             )
-    if not cfg["lr"] > 0:
+    if not (isinstance(cfg["lr"], int | float) and cfg["lr"] > 0):
         raise ConfigError(f"--lr: expected > 0, got {cfg['lr']}")
     if not 0 <= cfg["label_smoothing"] < 1:
         raise ConfigError(

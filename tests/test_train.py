@@ -204,6 +204,12 @@ def test_unknown_flag_and_bad_values_exit_with_usage(capsys):
     assert "expected 'proportional' or a temperature" in capsys.readouterr().err
 
 
+def test_learning_rate_defaults_per_method():
+    assert train.resolve_config([])["lr"] == 1e-3
+    assert train.resolve_config(["--method", "full"])["lr"] == 1e-4
+    assert train.resolve_config(["--method", "full", "--lr", "3e-5"])["lr"] == 3e-5
+
+
 def test_config_file_and_flag_precedence(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("max-steps: 7\nlr: 0.01\ntasks: [rt_polarity, bbc_topic]\ntask_sampling: 10\n")
