@@ -1,0 +1,47 @@
+"""benchmarks/plot_performance.py draws the committed benchmark JSONs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _plot_module():
+    spec = importlib.util.spec_from_file_location(
+        "plot_performance", ROOT / "benchmarks/plot_performance.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plots_the_committed_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = _plot_module().main(["--out", str(tmp_path / "perf.png")])
+    assert out.stat().st_size > 10_000
+
+
+def test_bars_come_from_the_cpp_rows(tmp_path):
+    plot = _plot_module()
+    adapter = json.loads((RESULTS / "bench_adapter.json").read_text())
+    bars = plot._adapter_bars(adapter)
+    cpp = [r for r in adapter["results"] if r["provider"] == "cpp"]
+    assert len(bars) == len(cpp) and [b[1] for b in bars] == [
+        r["speedup_vs_reference"] for r in cpp
+    ]
+
+
+def test_train_step_json_without_flop_counts_still_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    for name in ("bench_adapter.json", "bench_contrastive.json"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    (tmp_path / "bench_train_step.json").write_text(json.dumps({"results": [{"median_ms": 1.0}]}))
+    out = _plot_module().main(["--results", str(tmp_path), "--out", str(tmp_path / "p.png")])
+    assert out.stat().st_size > 0
