@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -52,7 +53,7 @@ def _csv_list(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
 
-def _shard(text: str) -> tuple[int, int]:
+def _shard_arg(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -86,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--transfer-steps", type=int, default=50, help="training steps of a transfer run"
     )
     p.add_argument(
-        "--shard", type=_shard, default=(0, 1), help="I/N: do every N-th run from the I-th"
+        "--shard", type=_shard_arg, default=(0, 1), help="I/N: do every N-th run from the I-th"
     )
     p.add_argument(
         "--label",
@@ -108,11 +109,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _done(path: Path, key_fields: tuple[str, ...]) -> set[tuple[str, ...]]:
+def _done(path: Path, key_fields: tuple[str, ...], tasks: list[str]) -> set[tuple[str, ...]]:
+    """Keys of the runs in the CSV that have rows for every one of `tasks`."""
     if not path.exists():
         return set()
+    seen: dict[tuple[str, ...], set[str]] = defaultdict(set)
     with path.open(newline="") as f:
-        return {tuple(row[k] for k in key_fields) for row in csv.DictReader(f)}
+        for row in csv.DictReader(f):
+            seen[tuple(row[k] for k in key_fields)].add(row["task"])
+    return {key for key, have in seen.items() if have >= set(tasks)}
+
+
+def _shard(runs: list[tuple], args: argparse.Namespace, per_cell: int) -> list[tuple]:
+    """This worker's share: every N-th run, with the order inside each cell of `per_cell`
+    runs rotated from cell to cell so that no worker gets all runs of one method.
+    Computed before skipping finished runs, so it stays the same across restarts."""
+    index, count = args.shard
+    rotated = []
+    for c in range(0, len(runs), per_cell):
+        cell = runs[c : c + per_cell]
+        shift = (c // per_cell) % len(cell)
+        rotated += cell[shift:] + cell[:shift]
+    return rotated[index::count]
 
 
 def _append(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -120,7 +138,7 @@ def _append(path: Path, rows: list[dict], fields: list[str]) -> None:
     with path.open("a", newline="") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # shards append to the same file
         writer = csv.DictWriter(f, fieldnames=fields)
-        if f.tell() == 0:
+        if f.seek(0, os.SEEK_END) == 0:  # the size now, under the lock
             writer.writeheader()
         writer.writerows(rows)
         f.flush()
@@ -178,13 +196,15 @@ def _grid_run(args: argparse.Namespace, method: str, n: int, seed: int) -> Path:
 
 
 def run_grid(args: argparse.Namespace) -> None:
-    done = _done(args.out, ("method", "n_train", "seed"))
+    done = _done(args.out, ("method", "n_train", "seed"), args.tasks)
     # Seed-major: an interrupted study still has every (method, size) cell with fewer seeds.
-    index, count = args.shard  # sharded before skipping done runs: stable across restarts
     runs = [(m, n, s) for s in args.seeds for n in args.n_train for m in args.methods]
     todo = [
-        (m, n, s) for m, n, s in runs[index::count] if (_name(args, m), str(n), str(s)) not in done
+        (m, n, s)
+        for m, n, s in _shard(runs, args, len(args.methods))
+        if (_name(args, m), str(n), str(s)) not in done
     ]
+    index, count = args.shard
     print(f"{len(todo)} runs to do in shard {index}/{count} ({len(done)} done) -> {args.out}")
     for method, n, seed in todo:
         if args.plan:
@@ -195,20 +215,16 @@ def run_grid(args: argparse.Namespace) -> None:
 
 def run_transfer(args: argparse.Namespace) -> None:
     """Tune on k examples of each held-out task: PHA's prototype initialisation from the
-    grid's PHA run (trained on the suite) vs a fresh adapter trained on the same k."""
+    grid's PHA run (trained on the suite) vs a fresh adapter trained on the same k.
+    --transfer-steps sets the steps (it wins over a --max-steps after --)."""
     overlap = sorted(set(args.held_out) & set(args.tasks))
     if overlap:
         raise SystemExit(f"--held-out: {overlap} are also training tasks (--tasks)")
     fields = ["init", "k_shot", "seed", "task", "metric", "score", "config"]
-    done = _done(args.transfer_out, ("init", "k_shot", "seed"))
-    index, count = args.shard
-    runs = [
-        (i, k, s)
-        for s in args.seeds
-        for k in args.k_shot
-        for i in ("pha_prototype", "fresh_adapter")
-    ]
-    for init, k, seed in runs[index::count]:
+    done = _done(args.transfer_out, ("init", "k_shot", "seed"), args.held_out)
+    inits = ("pha_prototype", "fresh_adapter")
+    runs = [(i, k, s) for s in args.seeds for k in args.k_shot for i in inits]
+    for init, k, seed in _shard(runs, args, len(inits)):
         if (init, str(k), str(seed)) in done:
             continue
         if args.plan:
@@ -217,8 +233,11 @@ def run_transfer(args: argparse.Namespace) -> None:
         base = ["--tasks", ",".join(args.held_out), "--seed", str(seed)]
         if init == "pha_prototype":
             source = args.runs_dir / f"pha-n{args.source_n_train}-s{seed}"
-            if not (source / "metrics.json").exists():
-                _grid_run(args, "pha", args.source_n_train, seed)
+            if not (source / "metrics.json").exists():  # never trained here: no two workers race
+                raise SystemExit(
+                    f"transfer source {source} is not finished: run the grid first "
+                    f"(--methods pha --n-train {args.source_n_train} --seeds {seed})"
+                )
             flags = ["--transfer-from", str(source), "--k-shot", str(k), *base]
         else:  # the same k examples per task, a plain adapter from scratch
             flags = ["--method", "adapter", "--model", args.model, "--n-train", str(k), *base]
@@ -233,62 +252,71 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _pct(values: list[float]) -> str:
+def _pct(values: Iterable[float]) -> str:
     """Mean ± sample std over seeds, in points."""
+    values = list(values)
     sd = stdev(values) if len(values) > 1 else 0.0
     return f"{100 * mean(values):.1f} ± {100 * sd:.1f}"
 
 
-Scores = dict[tuple[str, int], dict[str, list[float]]]  # (group, size) -> seed -> task scores
+Averages = dict[tuple[str, int], dict[str, float]]  # (group, size) -> seed -> task average
 
 
-def _scores(rows: list[dict], group: str, size: str, metric: str) -> Scores:
-    """Per (group, size) and seed, every task's `metric` (in task order of the CSV)."""
-    out: Scores = defaultdict(lambda: defaultdict(list))
-    has_metric = {r["task"] for r in rows if r["metric"] == metric}
-    missing = sorted({r["task"] for r in rows} - has_metric)
-    if missing:
-        raise SystemExit(f"--metric: tasks {missing} have no {metric!r} score")
+def _averages(rows: list[dict], group: str, size: str, metric: str) -> Averages:
+    """Per (group, size) and seed, the average over tasks of `metric`; every task of a run
+    must have it (no silent averaging over fewer tasks)."""
+    scores: dict[tuple[str, int, str], dict[str, float]] = defaultdict(dict)
+    tasks: dict[tuple[str, int, str], set[str]] = defaultdict(set)
     for r in rows:
+        key = (r[group], int(r[size]), r["seed"])
+        tasks[key].add(r["task"])
         if r["metric"] == metric:
-            out[(r[group], int(r[size]))][r["seed"]].append(float(r["score"]))
+            scores[key][r["task"]] = float(r["score"])
+    out: Averages = defaultdict(dict)
+    for key, names in sorted(tasks.items()):
+        missing = sorted(names - set(scores[key]))
+        if missing:
+            raise SystemExit(f"--metric: run {key} has no {metric!r} score for tasks {missing}")
+        out[key[:2]][key[2]] = mean(scores[key].values())
     return out
 
 
-def _averages(scores: Scores) -> dict[tuple[str, int], list[float]]:
-    """Per (group, size): one number per seed, the average over tasks (sorted by seed)."""
-    return {key: [mean(v) for _, v in sorted(seeds.items())] for key, seeds in scores.items()}
-
-
-def _table(avg: dict[tuple[str, int], list[float]], group: str, size: str) -> list[str]:
+def _table(avg: Averages, group: str, size: str) -> list[str]:
     groups = sorted({g for g, _ in avg})
     sizes = sorted({n for _, n in avg})
     lines = [f"| {group} | " + " | ".join(f"{size}={n}" for n in sizes) + " |"]
     lines.append("|---" * (len(sizes) + 1) + "|")
     for g in groups:
-        cells = [_pct(avg[(g, n)]) if (g, n) in avg else "" for n in sizes]
+        cells = [_pct(avg[(g, n)].values()) if (g, n) in avg else "" for n in sizes]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _paired(avg: dict[tuple[str, int], list[float]], a: str, b: str) -> list[str]:
-    """a − b per size: mean ± std of the per-seed differences (same seed, same data)."""
+def _paired(avg: Averages, a: str, b: str) -> list[str]:
+    """a − b per size: mean ± std of the per-seed differences, over the seeds both have
+    (same seed, same training examples)."""
     cells = []
     for n in sorted({n for _, n in avg}):
-        if (a, n) in avg and (b, n) in avg and len(avg[(a, n)]) == len(avg[(b, n)]):
-            cells.append(_pct([x - y for x, y in zip(avg[(a, n)], avg[(b, n)])]))
-        else:
-            cells.append("")
+        seeds = sorted(set(avg.get((a, n), {})) & set(avg.get((b, n), {})))
+        diffs = [avg[(a, n)][s] - avg[(b, n)][s] for s in seeds]
+        cells.append(_pct(diffs) + f" ({len(seeds)} seeds)" if diffs else "")
     return [f"| {a} − {b} | " + " | ".join(cells) + " |"]
+
+
+def _mean_sd(avg: Averages, group: str, sizes: list[int]) -> tuple[list[float], list[float]]:
+    """Points to plot: per size the mean over seeds and the sample std (0 for one seed)."""
+    values = [list(avg[(group, n)].values()) for n in sizes]
+    return (
+        [100 * mean(v) for v in values],
+        [100 * (stdev(v) if len(v) > 1 else 0.0) for v in values],
+    )
 
 
 def _plot_average(plt, avg, path: Path, ylabel: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for m in sorted({m for m, _ in avg}):
         ns = sorted(n for g, n in avg if g == m)
-        mu = [100 * mean(avg[(m, n)]) for n in ns]
-        sd = [100 * (stdev(avg[(m, n)]) if len(avg[(m, n)]) > 1 else 0) for n in ns]
-        ax.errorbar(ns, mu, yerr=sd, marker="o", capsize=3, label=m)
+        ax.errorbar(ns, *_mean_sd(avg, m, ns), marker="o", capsize=3, label=m)
     ax.set_xscale("log")
     ax.set_xticks(sorted({n for _, n in avg}), [str(n) for n in sorted({n for _, n in avg})])
     ax.set_xlabel("training examples per task")
@@ -305,14 +333,10 @@ def _plot_tasks(plt, rows: list[dict], metric: str, path: Path) -> None:
     nrows = (len(tasks) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        task_avg = _averages(
-            _scores([r for r in rows if r["task"] == task], "method", "n_train", metric)
-        )
+        task_avg = _averages([r for r in rows if r["task"] == task], "method", "n_train", metric)
         for m in sorted({m for m, _ in task_avg}):
             ns = sorted(n for g, n in task_avg if g == m)
-            mu = [100 * mean(task_avg[(m, n)]) for n in ns]
-            sd = [100 * (stdev(task_avg[(m, n)]) if len(task_avg[(m, n)]) > 1 else 0) for n in ns]
-            ax.errorbar(ns, mu, yerr=sd, marker="o", capsize=2, label=m)
+            ax.errorbar(ns, *_mean_sd(task_avg, m, ns), marker="o", capsize=2, label=m)
         ax.set_xscale("log")
         ax.set_title(task, fontsize=9)
         ax.grid(alpha=0.3)
@@ -333,13 +357,13 @@ def report(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     rows = _read(args.out)
-    avg = _averages(_scores(rows, "method", "n_train", args.metric))
+    avg = _averages(rows, "method", "n_train", args.metric)
     lines = [f"Average {args.metric} over tasks (%), mean ± std over seeds", ""]
     lines += _table(avg, "method", "n")
     if {"pha", "adapter"} <= {m for m, _ in avg}:
         lines += _paired(avg, "pha", "adapter")
     if args.metric != "accuracy":
-        acc = _averages(_scores(rows, "method", "n_train", "accuracy"))
+        acc = _averages(rows, "method", "n_train", "accuracy")
         lines += ["", "Average accuracy over tasks (%), mean ± std over seeds", ""]
         lines += _table(acc, "method", "n")
     lines += ["", f"Per task {args.metric} (%), mean ± std over seeds", ""]
@@ -348,25 +372,23 @@ def report(args: argparse.Namespace) -> None:
     lines.append("| task | n | " + " | ".join(methods) + " |")
     lines.append("|---" * (len(methods) + 2) + "|")
     for task in dict.fromkeys(r["task"] for r in rows):
-        t_avg = _averages(
-            _scores([r for r in rows if r["task"] == task], "method", "n_train", args.metric)
-        )
+        t_avg = _averages([r for r in rows if r["task"] == task], "method", "n_train", args.metric)
         for n in sizes:
-            cells = [_pct(t_avg[(m, n)]) if (m, n) in t_avg else "" for m in methods]
+            cells = [_pct(t_avg[(m, n)].values()) if (m, n) in t_avg else "" for m in methods]
             lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
     _plot_average(plt, avg, args.out.parent / "sample_efficiency.png", f"average {args.metric} (%)")
     _plot_tasks(plt, rows, args.metric, args.out.parent / "sample_efficiency_tasks.png")
 
     if args.transfer_out.exists():
         t_rows = _read(args.transfer_out)
-        t_scores = _scores(t_rows, "init", "k_shot", args.metric)
+        t_avg = _averages(t_rows, "init", "k_shot", args.metric)
         lines += ["", f"Few-shot transfer to held-out tasks, average {args.metric} (%)", ""]
-        lines += _table(_averages(t_scores), "init", "k")
-        lines += _paired(_averages(t_scores), "pha_prototype", "fresh_adapter")
+        lines += _table(t_avg, "init", "k")
+        lines += _paired(t_avg, "pha_prototype", "fresh_adapter")
         for task in dict.fromkeys(r["task"] for r in t_rows):
             sub = [r for r in t_rows if r["task"] == task]
             lines += ["", f"{task} ({args.metric}, %)", ""]
-            lines += _table(_averages(_scores(sub, "init", "k_shot", args.metric)), "init", "k")
+            lines += _table(_averages(sub, "init", "k_shot", args.metric), "init", "k")
     text = "\n".join(lines) + "\n"
     print(text)
     (args.out.parent / "sample_efficiency.md").write_text(text)

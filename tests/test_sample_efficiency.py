@@ -30,17 +30,29 @@ def _write(study, path: Path, rows: list[tuple]) -> None:
 def test_plan_skips_runs_already_in_the_csv(study, tmp_path, capsys):
     out = tmp_path / "se.csv"
     _write(study, out, [("pha", 32, 0, "a", "accuracy", 0.5, "{}")])
-    study.main(
-        ["--plan", "--out", str(out), "--methods", "pha,adapter", "--n-train", "32", "--seeds", "0"]
-    )
+    grid = [
+        "--plan",
+        "--out",
+        str(out),
+        "--methods",
+        "pha,adapter",
+        "--n-train",
+        "32",
+        "--seeds",
+        "0",
+    ]
+    study.main([*grid, "--tasks", "a"])
     printed = capsys.readouterr().out
     assert "1 runs to do in shard 0/1 (1 done)" in printed
     assert "adapter n_train=32 seed=0" in printed and "pha n_train=32" not in printed
+    study.main([*grid, "--tasks", "a,b"])  # a run without rows for every task is not done
+    assert "2 runs to do" in capsys.readouterr().out
 
 
 def test_shards_split_the_grid_and_stay_stable_when_runs_finish(study, tmp_path, capsys):
     out = tmp_path / "se.csv"
     grid = ["--out", str(out), "--methods", "pha,adapter", "--n-train", "32,100", "--seeds", "0"]
+    grid += ["--tasks", "a"]
     planned = []
     for shard in ("0/2", "1/2"):
         study.main(["--plan", "--shard", shard, *grid])
@@ -49,6 +61,10 @@ def test_shards_split_the_grid_and_stay_stable_when_runs_finish(study, tmp_path,
         f"{m} n_train={n} seed=0" for m in ("pha", "adapter") for n in (32, 100)
     )
     assert not set(planned[0]) & set(planned[1])
+    assert {p.split()[0] for p in planned[0]} == {
+        "pha",
+        "adapter",
+    }  # no worker gets one method only
     _write(study, out, [("pha", 32, 0, "a", "accuracy", 0.5, "{}")])  # shard 0's first run
     study.main(["--plan", "--shard", "1/2", *grid])
     assert [line.strip() for line in capsys.readouterr().out.splitlines()[1:]] == planned[1]
@@ -59,7 +75,17 @@ def test_shards_split_the_grid_and_stay_stable_when_runs_finish(study, tmp_path,
 def test_label_names_a_variant_of_one_method(study, tmp_path, capsys):
     out = tmp_path / "se.csv"
     _write(study, out, [("hyperformer", 32, 0, "a", "accuracy", 0.5, "{}")])
-    grid = ["--plan", "--out", str(out), "--methods", "hyperformer", "--n-train", "32"]
+    grid = [
+        "--plan",
+        "--out",
+        str(out),
+        "--methods",
+        "hyperformer",
+        "--n-train",
+        "32",
+        "--tasks",
+        "a",
+    ]
     study.main([*grid, "--seeds", "0", "--label", "hf-zero", "--", "--lr", "1e-4"])
     assert "hf-zero n_train=32 seed=0" in capsys.readouterr().out  # not the plain method's run
     with pytest.raises(SystemExit):
@@ -69,6 +95,13 @@ def test_label_names_a_variant_of_one_method(study, tmp_path, capsys):
 def test_transfer_refuses_held_out_tasks_that_are_trained_on(study, tmp_path):
     with pytest.raises(SystemExit, match="also training tasks"):
         study.main(["--transfer", "--plan", "--tasks", "a,b", "--held-out", "b"])
+
+
+def test_transfer_needs_the_finished_grid_run_as_source(study, tmp_path):
+    args = ["--transfer", "--tasks", "a", "--held-out", "b", "--seeds", "0", "--k-shot", "4"]
+    args += ["--runs-dir", str(tmp_path), "--transfer-out", str(tmp_path / "t.csv")]
+    with pytest.raises(SystemExit, match="pha-n500-s0 is not finished: run the grid first"):
+        study.main(args)
 
 
 def _report_rows() -> list[tuple]:
@@ -95,12 +128,36 @@ def test_report_averages_tasks_per_seed_then_seeds(study, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| pha | 80.0 ± 14.1 |" in table
     assert "| adapter | 55.0 ± 7.1 |" in table
-    assert "| pha − adapter | 25.0 ± 7.1 |" in table
+    assert "| pha − adapter | 25.0 ± 7.1 (2 seeds) |" in table
     assert "| t2 | 32 | 55.0 ± 7.1 | 90.0 ± 14.1 |" in table  # per task, methods sorted
     assert table in (tmp_path / "sample_efficiency.md").read_text() + "\n"
     assert (tmp_path / "sample_efficiency.png").stat().st_size > 0
     assert (tmp_path / "sample_efficiency_tasks.png").stat().st_size > 0
     with out.open() as f:
         assert next(csv.reader(f)) == study.FIELDS
-    with pytest.raises(SystemExit, match="t2"):  # t2 has no macro_f1: no silent mixing
+    with pytest.raises(SystemExit, match="has no 'macro_f1' score"):
         study.main([*args, "--metric", "macro_f1"])
+
+
+def test_a_run_missing_the_metric_for_one_task_is_an_error(study):
+    rows = [
+        {
+            "method": "pha",
+            "n_train": "32",
+            "seed": seed,
+            "task": task,
+            "metric": "macro_f1",
+            "score": "0.5",
+        }
+        for seed, task in [("0", "t1"), ("0", "t2"), ("1", "t1")]
+    ]
+    rows.append({**rows[-1], "task": "t2", "metric": "accuracy"})  # seed 1: t2 only has accuracy
+    with pytest.raises(
+        SystemExit, match=r"run \('pha', 32, '1'\) has no 'macro_f1' score for tasks \['t2'\]"
+    ):
+        study._averages(rows, "method", "n_train", "macro_f1")
+
+
+def test_paired_difference_uses_the_seeds_both_methods_have(study):
+    avg = {("pha", 32): {"0": 0.7, "1": 0.9, "2": 0.5}, ("adapter", 32): {"1": 0.6, "2": 0.4}}
+    assert study._paired(avg, "pha", "adapter") == ["| pha − adapter | 20.0 ± 14.1 (2 seeds) |"]
