@@ -14,8 +14,8 @@ tokens, mixed-task batches of 32 and 128. A step = forward + backward + AdamW st
 Time: the three methods' models live in one subprocess and take turns step by step
 (so that a shared machine's load hits them alike); median and 20/80 % quantiles over
 the repeats after warm-up. "% peak": the step's forward+backward FLOPs (counted by
-torch.utils.flop_counter on one step; matmuls only, pha's fused ops not counted, the AdamW
-step neither) over its median time, against a oneDNN GEMM timed in the same process
+torch.utils.flop_counter on one step: the matmuls, pha's fused adapter included; not the
+contrastive losses (B x B x 64, negligible) nor the AdamW step) over its median time, against a oneDNN GEMM timed in the same process
 (bench_adapter.gemm_peak). Memory: each method in its own subprocess; peak = the peak
 RSS over two steps minus the RSS just before them (model and optimizer built). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
 steadier numbers; the machine is shared, so compare ratios from one run.
@@ -194,7 +194,7 @@ def measure_time(spec: dict) -> dict[str, dict]:
         order = METHODS[i % len(METHODS) :] + METHODS[: i % len(METHODS)]
         for method in order:
             times[method].append(trainers[method].step())
-    peak = _gemm_peak_gflops(quick=spec["batch"] < 8)
+    peak = _gemm_peak_gflops(quick=spec["quick"])
     out = {}
     for method, ts in times.items():
         q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else [ts[0]] * 4
@@ -293,7 +293,7 @@ def main(argv=None) -> list[dict]:
     for backbone in backbones:
         for batch in batches:
             spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
-                        repeats=repeats, threads=args.threads)  # fmt: skip
+                        repeats=repeats, threads=args.threads, quick=args.quick)  # fmt: skip
             timed = measure("time", spec)
             for method in METHODS:
                 r = {**spec, "method": method, **timed[method],

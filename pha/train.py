@@ -168,14 +168,37 @@ def resolve_config(argv: list[str] | None = None) -> dict:
     """DEFAULTS <- --config file <- flags, validated."""
     args = vars(build_parser().parse_args(argv))
     cfg = dict(DEFAULTS)
+    given = dict(args)
     if "config" in args:
-        cfg.update(_read_config_file(args.pop("config")))
-    cfg.update(args)
+        given = {**_read_config_file(args.pop("config")), **args}
+    cfg.update(given)
     cfg["tasks"] = [t for item in cfg["tasks"] for t in str(item).split(",") if t]
+    if cfg["transfer_from"] is not None:
+        _inherit_from_source(cfg, given)
     if cfg["lr"] is None:
         cfg["lr"] = LEARNING_RATES.get(cfg["method"], PEFT_LEARNING_RATE)
     _validate(cfg)
     return cfg
+
+
+# What a transfer run takes from its source run unless set: the backbone the source's
+# adapter was trained on, and how its inputs were built.
+INHERITED = ("model", "max_length", "task_prefix")
+
+
+def _inherit_from_source(cfg: dict, given: dict) -> None:
+    path = Path(cfg["transfer_from"]) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--transfer-from: no {path} (not a finished pha.train run)")
+    source = json.loads(path.read_text())
+    for key in INHERITED:
+        if key not in given:
+            cfg[key] = source[key]
+    if cfg["model"] != source["model"]:
+        raise ConfigError(
+            f"--model: {cfg['model']!r}, but the source run {cfg['transfer_from']} was trained "
+            f"on {source['model']!r}; leave --model out to use it"
+        )
 
 
 def _read_config_file(path: str) -> dict:
@@ -194,6 +217,12 @@ def _read_config_file(path: str) -> dict:
             f"--config: {path} must hold a mapping of settings, got {type(data).__name__}"
         )
     data = {k.replace("-", "_"): v for k, v in data.items()}
+    for key in ("lr", "weight_decay", "grad_clip", "label_smoothing"):
+        if isinstance(data.get(key), str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                data[key] = float(data[key])
+            except ValueError:
+                raise ConfigError(f"--config: {key} must be a number, got {data[key]!r}") from None
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
         raise ConfigError(
@@ -312,11 +341,13 @@ def _build_model(cfg: dict, data, base, tokenizer, kind: str, log) -> PHAModel:
                 backend=cfg["backend"],
                 **cfg["method_args"],
             )
-        except TypeError as e:
+        except TypeError as e:  # an unknown field
             fields = sorted(config_cls.__dataclass_fields__)
             raise ConfigError(
                 f"--method-args: {e}; fields of {config_cls.__name__}: {fields}"
             ) from e
+        except ValueError as e:  # a bad value (the message names the field)
+            raise ConfigError(f"{config_cls.__name__}: {e}") from e
         return get_model(base, mcfg)
     adapter = Path(cfg["transfer_from"]) / "adapter"
     if not adapter.is_dir():

@@ -219,3 +219,18 @@ def test_benchmark_quick_runs(tmp_path):
     for row in rows:
         assert row["q20_ms"] <= row["median_ms"] <= row["q80_ms"] and row["gflops"] > 0
     assert "speedup_vs_reference" in rows[0] and "cpp" in proc.stdout
+
+
+def test_flop_counter_counts_the_fused_gemms():
+    """torch's flop counter sees the fused op's GEMMs: 4·B·T·d·r forward, 8·B·T·d·r backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    require("cpp", "hyper_adapter")
+    b, t, d, r = 3, 5, 7, 4
+    x, *weights = (v.requires_grad_() for v in make_inputs(b, t, d, r, b)[0])
+    with FlopCounterMode(display=False) as forward:
+        out = pha.ops.hyper_adapter(x, *weights, backend="cpp")
+    assert forward.get_total_flops() == 4 * b * t * d * r
+    with FlopCounterMode(display=False) as backward:
+        out.sum().backward()
+    assert backward.get_total_flops() == 8 * b * t * d * r

@@ -38,10 +38,23 @@ def test_bars_come_from_the_cpp_rows(tmp_path):
     ]
 
 
-def test_train_step_json_without_flop_counts_still_plots(tmp_path):
+@pytest.mark.parametrize("with_flops", [True, False])
+def test_train_step_panel(tmp_path, with_flops):
     pytest.importorskip("matplotlib")
     for name in ("bench_adapter.json", "bench_contrastive.json"):
         shutil.copy(RESULTS / name, tmp_path / name)
-    (tmp_path / "bench_train_step.json").write_text(json.dumps({"results": [{"median_ms": 1.0}]}))
+    rows = [
+        {
+            "backbone": "minilm",
+            "batch": 32,
+            "method": m,
+            "median_ms": ms,
+            "fraction_of_gemm_peak": f,
+        }
+        for m, ms, f in [("adapter", 700.0, 0.45), ("pha", 720.0, 0.44), ("release", 9.0, 1.2)]
+    ]
+    if not with_flops:
+        rows = [{"median_ms": 1.0}]
+    (tmp_path / "bench_train_step.json").write_text(json.dumps({"results": rows}))
     out = _plot_module().main(["--results", str(tmp_path), "--out", str(tmp_path / "p.png")])
     assert out.stat().st_size > 0

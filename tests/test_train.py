@@ -152,10 +152,14 @@ def test_few_shot_transfer(tiny_bert, pha_cache, tmp_path):  # noqa: F811
     source = tmp_path / "source"
     train.main(tiny_args(tiny_bert, source))
     out = tmp_path / "transfer"
-    result = train.main(["--model", str(tiny_bert), "--transfer-from", str(source), "--k-shot", "4",
-                         "--tasks", "bbc_topic", "--max-steps", "3", "--batch-size", "4", "--max-length", "24",
+    # --model and --max-length come from the source run
+    result = train.main(["--transfer-from", str(source), "--k-shot", "4",
+                         "--tasks", "bbc_topic", "--max-steps", "3", "--batch-size", "4",
                          "--n-eval", "16", "--output-dir", str(out), "--quiet"])  # fmt: skip
     assert list(result["tasks"]) == ["bbc_topic"]
+    source_cfg = json.loads((source / "config.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())
+    assert all(cfg[k] == source_cfg[k] for k in ("model", "max_length", "task_prefix"))
     before, after = _weights(source), _weights(out)
     assert after["prototypes.weight"].shape[0] == len(TASKS) + 1
     # only the new prototype (and the new head) were tuned
@@ -208,6 +212,28 @@ def test_learning_rate_defaults_per_method():
     assert train.resolve_config([])["lr"] == 1e-3
     assert train.resolve_config(["--method", "full"])["lr"] == 1e-4
     assert train.resolve_config(["--method", "full", "--lr", "3e-5"])["lr"] == 3e-5
+
+
+def test_transfer_refuses_another_backbone(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({**train.DEFAULTS, "model": "minilm"}))
+    with pytest.raises(train.ConfigError, match="was trained on 'minilm'; leave --model out"):
+        train.resolve_config(
+            ["--transfer-from", str(source), "--k-shot", "4", "--model", "smollm2"]
+        )
+    with pytest.raises(train.ConfigError, match="not a finished pha.train run"):
+        train.resolve_config(["--transfer-from", str(tmp_path), "--k-shot", "4"])
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\nweight_decay: 1e-2\n")
+    cfg = train.resolve_config(["--config", str(path)])
+    assert cfg["lr"] == 1e-4 and cfg["weight_decay"] == 1e-2
+    path.write_text("lr: fast\n")
+    with pytest.raises(train.ConfigError, match="lr must be a number, got 'fast'"):
+        train.resolve_config(["--config", str(path)])
 
 
 def test_config_file_and_flag_precedence(tmp_path):

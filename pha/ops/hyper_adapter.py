@@ -12,6 +12,7 @@ signatures (see pha.ops._cpp, pha.kernels, pha.ops._cuda).
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from . import _backend, _checks, reference
 from .reference import ACTIVATIONS
@@ -85,6 +86,20 @@ def _autograd_backward(ctx, grad_out, _grad_hidden):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+# torch.utils.flop_counter sees the fused ops as opaque: give it their GEMM FLOPs (2 per
+# multiply-add), so that a model's FLOP count is the same on every backend.
+@register_flop_formula(torch.ops.pha.hyper_adapter_fwd)
+def _forward_flops(x_shape, w_down_shape, *args, out_shape=None, **kwargs) -> int:
+    n, t, d = x_shape
+    return 4 * n * t * d * w_down_shape[2]  # x @ w_down, then hidden @ w_up
+
+
+@register_flop_formula(torch.ops.pha.hyper_adapter_bwd)
+def _backward_flops(grad_out_shape, x_shape, w_down_shape, *args, out_shape=None, **kwargs) -> int:
+    n, t, d = x_shape
+    return 8 * n * t * d * w_down_shape[2]  # d_hidden, dx, dw_up, dw_down
 
 
 def _validate(x, w_down, b_down, w_up, b_up, index, activation):

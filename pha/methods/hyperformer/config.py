@@ -33,3 +33,8 @@ class HyperFormerConfig(MethodConfig):
     activation: str = "gelu"
     train_layer_norms: bool = True
     norm_init: str = "normal"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.norm_init not in ("normal", "zero"):
+            raise ValueError(f"norm_init: expected 'normal' or 'zero', got {self.norm_init!r}")

@@ -41,8 +41,6 @@ class HyperFormerModel(PHAModel):
                 for stack in bb.stacks
             }
         )
-        if cfg.norm_init not in ("normal", "zero"):
-            raise ValueError(f"norm_init: expected 'normal' or 'zero', got {cfg.norm_init!r}")
         if cfg.norm_init == "zero":
             for net in self.hypernet.values():
                 net.zero_heads("ln_weight", "ln_bias")
