@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--source-n-train",
         type=int,
-        default=500,
+        default=100,
         help="transfer from the grid's PHA run of this size",
     )
     p.add_argument(
@@ -231,6 +231,7 @@ def run_transfer(args: argparse.Namespace) -> None:
             print(f"  transfer {init} k={k} seed={seed}")
             continue
         base = ["--tasks", ",".join(args.held_out), "--seed", str(seed)]
+        run_dir = args.runs_dir / f"transfer-{init}-k{k}-s{seed}"
         if init == "pha_prototype":
             source = args.runs_dir / f"pha-n{args.source_n_train}-s{seed}"
             if not (source / "metrics.json").exists():  # never trained here: no two workers race
@@ -239,10 +240,11 @@ def run_transfer(args: argparse.Namespace) -> None:
                     f"(--methods pha --n-train {args.source_n_train} --seeds {seed})"
                 )
             flags = ["--transfer-from", str(source), "--k-shot", str(k), *base]
+            run_dir = run_dir.with_name(f"transfer-{init}-from-n{args.source_n_train}-k{k}-s{seed}")
         else:  # the same k examples per task, a plain adapter from scratch
             flags = ["--method", "adapter", "--model", args.model, "--n-train", str(k), *base]
         flags += [*args.train_args, "--max-steps", str(args.transfer_steps)]
-        metrics = _train(flags, args.runs_dir / f"transfer-{init}-k{k}-s{seed}")
+        metrics = _train(flags, run_dir)
         keys = {"init": init, "k_shot": k, "seed": seed}
         _append(args.transfer_out, _rows(metrics, keys, {"flags": flags}), fields)
 

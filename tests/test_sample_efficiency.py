@@ -100,7 +100,7 @@ def test_transfer_refuses_held_out_tasks_that_are_trained_on(study, tmp_path):
 def test_transfer_needs_the_finished_grid_run_as_source(study, tmp_path):
     args = ["--transfer", "--tasks", "a", "--held-out", "b", "--seeds", "0", "--k-shot", "4"]
     args += ["--runs-dir", str(tmp_path), "--transfer-out", str(tmp_path / "t.csv")]
-    with pytest.raises(SystemExit, match="pha-n500-s0 is not finished: run the grid first"):
+    with pytest.raises(SystemExit, match="pha-n100-s0 is not finished: run the grid first"):
         study.main(args)
 
 
