@@ -27,20 +27,15 @@ def _write(study, path: Path, rows: list[tuple]) -> None:
     study._append(path, [dict(zip(study.FIELDS, row)) for row in rows], study.FIELDS)
 
 
+def _plan(out: Path, methods: str, n_train: str = "32") -> list[str]:
+    """Flags of a --plan over seed 0 of `methods` x `n_train` (one task by default)."""
+    return ["--plan", "--out", str(out), "--methods", methods, "--n-train", n_train, "--seeds", "0"]
+
+
 def test_plan_skips_runs_already_in_the_csv(study, tmp_path, capsys):
     out = tmp_path / "se.csv"
     _write(study, out, [("pha", 32, 0, "a", "accuracy", 0.5, "{}")])
-    grid = [
-        "--plan",
-        "--out",
-        str(out),
-        "--methods",
-        "pha,adapter",
-        "--n-train",
-        "32",
-        "--seeds",
-        "0",
-    ]
+    grid = _plan(out, "pha,adapter")
     study.main([*grid, "--tasks", "a"])
     printed = capsys.readouterr().out
     assert "1 runs to do in shard 0/1 (1 done)" in printed
@@ -51,22 +46,18 @@ def test_plan_skips_runs_already_in_the_csv(study, tmp_path, capsys):
 
 def test_shards_split_the_grid_and_stay_stable_when_runs_finish(study, tmp_path, capsys):
     out = tmp_path / "se.csv"
-    grid = ["--out", str(out), "--methods", "pha,adapter", "--n-train", "32,100", "--seeds", "0"]
-    grid += ["--tasks", "a"]
+    grid = [*_plan(out, "pha,adapter", "32,100"), "--tasks", "a"]
     planned = []
     for shard in ("0/2", "1/2"):
-        study.main(["--plan", "--shard", shard, *grid])
+        study.main(["--shard", shard, *grid])
         planned.append([line.strip() for line in capsys.readouterr().out.splitlines()[1:]])
     assert sorted(planned[0] + planned[1]) == sorted(
         f"{m} n_train={n} seed=0" for m in ("pha", "adapter") for n in (32, 100)
     )
     assert not set(planned[0]) & set(planned[1])
-    assert {p.split()[0] for p in planned[0]} == {
-        "pha",
-        "adapter",
-    }  # no worker gets one method only
+    assert {p.split()[0] for p in planned[0]} == {"pha", "adapter"}  # not one method per worker
     _write(study, out, [("pha", 32, 0, "a", "accuracy", 0.5, "{}")])  # shard 0's first run
-    study.main(["--plan", "--shard", "1/2", *grid])
+    study.main(["--shard", "1/2", *grid])
     assert [line.strip() for line in capsys.readouterr().out.splitlines()[1:]] == planned[1]
     with pytest.raises(SystemExit):
         study.parse_args(["--shard", "2/2"])
@@ -75,18 +66,8 @@ def test_shards_split_the_grid_and_stay_stable_when_runs_finish(study, tmp_path,
 def test_label_names_a_variant_of_one_method(study, tmp_path, capsys):
     out = tmp_path / "se.csv"
     _write(study, out, [("hyperformer", 32, 0, "a", "accuracy", 0.5, "{}")])
-    grid = [
-        "--plan",
-        "--out",
-        str(out),
-        "--methods",
-        "hyperformer",
-        "--n-train",
-        "32",
-        "--tasks",
-        "a",
-    ]
-    study.main([*grid, "--seeds", "0", "--label", "hf-zero", "--", "--lr", "1e-4"])
+    grid = [*_plan(out, "hyperformer"), "--tasks", "a"]
+    study.main([*grid, "--label", "hf-zero", "--", "--lr", "1e-4"])
     assert "hf-zero n_train=32 seed=0" in capsys.readouterr().out  # not the plain method's run
     with pytest.raises(SystemExit):
         study.parse_args(["--methods", "pha,adapter", "--label", "x"])
