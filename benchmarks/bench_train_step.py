@@ -216,7 +216,8 @@ def measure_time(spec: dict) -> dict[str, dict]:
 def _gemm_peak_gflops(quick: bool) -> float:
     import torch
 
-    sys.path.insert(0, str(HERE))  # the benchmarks are scripts; share bench_adapter's yardstick
+    if str(HERE) not in sys.path:  # the benchmarks are scripts; share bench_adapter's yardstick
+        sys.path.insert(0, str(HERE))
     from bench_adapter import gemm_peak
 
     timing = argparse.Namespace(quick=quick, repeats=5, min_sample_s=0.2, timer="wall")

@@ -171,28 +171,23 @@ def _rows(metrics: dict, keys: dict, config: dict) -> list[dict]:
     ]
 
 
-def _grid_flags(args: argparse.Namespace, method: str, n: int, seed: int) -> list[str]:
-    return [
-        "--method", method, "--model", args.model, "--tasks", ",".join(args.tasks),
-        "--n-train", str(n), "--seed", str(seed), *args.train_args,
-    ]  # fmt: skip
-
-
 def _name(args: argparse.Namespace, method: str) -> str:
     """The method column of the CSV: the method, or the --label of its variant."""
     return args.label or method
 
 
-def _grid_run(args: argparse.Namespace, method: str, n: int, seed: int) -> Path:
-    """Train one grid run (resuming it if interrupted) and append its rows; its directory."""
-    flags = _grid_flags(args, method, n, seed)
+def _grid_run(args: argparse.Namespace, method: str, n: int, seed: int) -> None:
+    """Train one grid run (resuming it if interrupted) and append its rows."""
+    flags = [
+        "--method", method, "--model", args.model, "--tasks", ",".join(args.tasks),
+        "--n-train", str(n), "--seed", str(seed), *args.train_args,
+    ]  # fmt: skip
     name = _name(args, method)
     run_dir = args.runs_dir / f"{name}-n{n}-s{seed}"
     metrics = _train(flags, run_dir)
     config = {"flags": flags, "step": metrics.get("step")}
     keys = {"method": name, "n_train": n, "seed": seed}
     _append(args.out, _rows(metrics, keys, config), FIELDS)
-    return run_dir
 
 
 def run_grid(args: argparse.Namespace) -> None:
@@ -231,7 +226,6 @@ def run_transfer(args: argparse.Namespace) -> None:
             print(f"  transfer {init} k={k} seed={seed}")
             continue
         base = ["--tasks", ",".join(args.held_out), "--seed", str(seed)]
-        run_dir = args.runs_dir / f"transfer-{init}-k{k}-s{seed}"
         if init == "pha_prototype":
             source = args.runs_dir / f"pha-n{args.source_n_train}-s{seed}"
             if not (source / "metrics.json").exists():  # never trained here: no two workers race
@@ -240,11 +234,12 @@ def run_transfer(args: argparse.Namespace) -> None:
                     f"(--methods pha --n-train {args.source_n_train} --seeds {seed})"
                 )
             flags = ["--transfer-from", str(source), "--k-shot", str(k), *base]
-            run_dir = run_dir.with_name(f"transfer-{init}-from-n{args.source_n_train}-k{k}-s{seed}")
+            run_name = f"transfer-{init}-from-n{args.source_n_train}-k{k}-s{seed}"
         else:  # the same k examples per task, a plain adapter from scratch
             flags = ["--method", "adapter", "--model", args.model, "--n-train", str(k), *base]
+            run_name = f"transfer-{init}-k{k}-s{seed}"
         flags += [*args.train_args, "--max-steps", str(args.transfer_steps)]
-        metrics = _train(flags, run_dir)
+        metrics = _train(flags, args.runs_dir / run_name)
         keys = {"init": init, "k_shot": k, "seed": seed}
         _append(args.transfer_out, _rows(metrics, keys, {"flags": flags}), fields)
 
@@ -254,11 +249,15 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _sd(values: list[float]) -> float:
+    """Sample std (0 for a single seed)."""
+    return stdev(values) if len(values) > 1 else 0.0
+
+
 def _pct(values: Iterable[float]) -> str:
     """Mean ± sample std over seeds, in points."""
     values = list(values)
-    sd = stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * mean(values):.1f} ± {100 * sd:.1f}"
+    return f"{100 * mean(values):.1f} ± {100 * _sd(values):.1f}"
 
 
 Averages = dict[tuple[str, int], dict[str, float]]  # (group, size) -> seed -> task average
@@ -308,10 +307,7 @@ def _paired(avg: Averages, a: str, b: str) -> list[str]:
 def _mean_sd(avg: Averages, group: str, sizes: list[int]) -> tuple[list[float], list[float]]:
     """Points to plot: per size the mean over seeds and the sample std (0 for one seed)."""
     values = [list(avg[(group, n)].values()) for n in sizes]
-    return (
-        [100 * mean(v) for v in values],
-        [100 * (stdev(v) if len(v) > 1 else 0.0) for v in values],
-    )
+    return [100 * mean(v) for v in values], [100 * _sd(v) for v in values]
 
 
 def _size_axis(ax, sizes: list[int]) -> None:
@@ -335,13 +331,13 @@ def _plot_average(plt, avg, path: Path, ylabel: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _plot_tasks(plt, rows: list[dict], metric: str, path: Path) -> None:
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+def _plot_tasks(plt, per_task: dict[str, Averages], metric: str, path: Path) -> None:
+    tasks = list(per_task)
     cols = 4
     nrows = (len(tasks) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
-        task_avg = _averages([r for r in rows if r["task"] == task], "method", "n_train", metric)
+        task_avg = per_task[task]
         for m in sorted({m for m, _ in task_avg}):
             ns = sorted(n for g, n in task_avg if g == m)
             ax.errorbar(ns, *_mean_sd(task_avg, m, ns), marker="o", capsize=2, label=m)
@@ -382,13 +378,16 @@ def report(args: argparse.Namespace) -> None:
     methods = sorted({m for m, _ in avg})
     lines.append("| task | n | " + " | ".join(methods) + " |")
     lines.append("|---" * (len(methods) + 2) + "|")
-    for task in dict.fromkeys(r["task"] for r in rows):
-        t_avg = _averages([r for r in rows if r["task"] == task], "method", "n_train", args.metric)
+    per_task = {
+        task: _averages([r for r in rows if r["task"] == task], "method", "n_train", args.metric)
+        for task in dict.fromkeys(r["task"] for r in rows)
+    }
+    for task, t_avg in per_task.items():
         for n in sizes:
             cells = [_pct(t_avg[(m, n)].values()) if (m, n) in t_avg else "" for m in methods]
             lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
     _plot_average(plt, avg, args.out.parent / "sample_efficiency.png", f"average {args.metric} (%)")
-    _plot_tasks(plt, rows, args.metric, args.out.parent / "sample_efficiency_tasks.png")
+    _plot_tasks(plt, per_task, args.metric, args.out.parent / "sample_efficiency_tasks.png")
 
     if args.transfer_out.exists():
         t_rows = _read(args.transfer_out)
