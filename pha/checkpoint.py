@@ -1,28 +1,270 @@
-"""Training checkpoints: atomic writes, keep-last-N, and everything a bit-exact resume needs
-(trainable weights, optimiser, scheduler, python/numpy/torch RNG, data order, step).
+"""What pha writes to disk, written so that nothing is lost or silently wrong:
 
-A checkpoint is written to a temporary file in the same directory, fsync'd and renamed
-into place, so a process killed at any moment leaves either the previous checkpoints or
-the new one, never a torn file.
+- atomic writes: a file goes to a temporary name in the same directory, is fsync'd and
+  renamed into place (`atomic_write`), a directory is built aside and swapped in
+  (`atomic_directory`); a process killed or a disk filled at any moment leaves the previous
+  file or the new one, never a torn one, and a failed write raises an OutputError naming
+  the file;
+- checksums: checkpoints carry the sha256 of their payload and saved adapters a
+  `checksums.sha256` manifest (`sha256sum -c` format); loading verifies them;
+- one run per output directory (`lock_output_dir`), which also clears the temporary files
+  a killed run left behind;
+- training checkpoints with keep-last-N and everything a bit-exact resume needs
+  (trainable weights, optimiser, scheduler, python/numpy/torch RNG, data order, step).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import logging
 import os
 import random
 import re
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from .hub import sha256_file
+
+log = logging.getLogger(__name__)
+
 _NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
-FORMAT = 1
+# Format 2: a header line with the sha256 of the torch.save payload that follows it.
+FORMAT = 2
+_HEADER = re.compile(rb"^pha-checkpoint (\d+) sha256=([0-9a-f]{64})\n")
+CHECKSUMS_NAME = "checksums.sha256"
+LOCK_NAME = ".pha.lock"
+# Temporary names: "." + the target's name + "-" + random + ".tmp" (see _temp_name); only
+# those of pha's outputs are cleared (an output directory may hold the user's files).
+_TEMP = re.compile(
+    r"^\.(checkpoint|adapter|metrics\.json|config\.json|write-probe)[-.][\w.-]*\.tmp$"
+)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read (corrupt, truncated, or not pha's)."""
+    """A checkpoint or saved adapter that cannot be read (corrupt, truncated, not pha's)."""
+
+
+class OutputError(RuntimeError):
+    """An output that cannot be written (disk full, read-only, not a directory, in use);
+    the message names the path. Nothing was replaced."""
+
+
+# ---- atomic writes ----------------------------------------------------------------------
+
+
+def _why(e: OSError) -> str:
+    hints = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOTDIR: "a path component is a file, not a directory",
+        errno.EEXIST: "a file is in the way",
+    }
+    return hints.get(e.errno, e.strerror or type(e).__name__)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_directory(path: str | os.PathLike, what: str) -> Path:
+    """Create the directory `path` (and its parents) or raise an OutputError saying why
+    `what` (e.g. "--output-dir") cannot live there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what}: {path} is a file, expected a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{what}: cannot create directory {path}: {_why(e)}") from e
+    return path
+
+
+def check_writable(directory: str | os.PathLike, what: str) -> None:
+    """Create and remove a probe file in `directory`: os.access does not see a read-only
+    mount when running as root."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{what}: cannot write in {directory}: {_why(e)}") from e
+
+
+def _temp_name(target: Path) -> str:
+    return f".{target.name}-"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write `path` through a temporary file (write(f) fills it), fsync and rename it into
+    place. On any failure the temporary file is removed, `path` is left as it was, and an
+    OSError becomes an OutputError naming `path`."""
+    target = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        tmp = None
+        _fsync_dir(target.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {_why(e)}; it was left as it was") from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `path`; when the block succeeds it
+    replaces `path` (the old one is removed after the swap), when it fails it is removed
+    and `path` is left as it was."""
+    target = Path(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp"))
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {_why(e)}; it was left as it was") from e
+    old = None
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        if target.exists():  # rename(2) cannot replace a non-empty directory: move it aside
+            old = Path(
+                tempfile.mkdtemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp")
+            )
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        if old is not None and not target.exists():  # put the previous one back
+            os.replace(old / target.name, target)
+        raise OutputError(f"cannot write {target}: {_why(e)}; it was left as it was") from e
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and directories (".<name>-*.tmp") that a killed writer
+    left in `directory`. Only safe while holding the directory's lock."""
+    d = Path(directory)
+    removed = []
+    for p in d.iterdir() if d.is_dir() else ():
+        if _TEMP.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run in %s", len(removed), d)
+    return removed
+
+
+@contextlib.contextmanager
+def lock_output_dir(directory: str | os.PathLike, what: str = "--output-dir") -> Iterator[Path]:
+    """Hold an exclusive lock on `directory` (created if needed) for the block; an
+    OutputError if another process holds it. Clears stale temporary files once locked."""
+    d = ensure_directory(directory, what)
+    try:
+        fd = os.open(d / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputError(f"{what}: cannot write in {d}: {_why(e)}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise OutputError(
+                f"{what}: {d} is in use by another run (pid {holder}); wait for it to end "
+                "or choose another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        remove_stale_temp_files(d)
+        yield d
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ---- checksums of saved adapters ---------------------------------------------------------
+
+
+def write_checksums(directory: str | os.PathLike, names: list[str]) -> None:
+    """Write `checksums.sha256` in `directory` for the files `names` (sha256sum format)."""
+    d = Path(directory)
+    lines = "".join(f"{sha256_file(d / n)}  {n}\n" for n in names)
+    (d / CHECKSUMS_NAME).write_text(lines)
+
+
+def verify_checksums(directory: str | os.PathLike, names: list[str]) -> None:
+    """Check that the files `names` exist in `directory` and match its checksums.sha256;
+    a CheckpointError naming the first file that does not. A directory without the
+    manifest (saved by an older pha) is loaded with a warning."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"no directory {d} (expected a saved pha adapter)")
+    missing = [n for n in names if not (d / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{d} is not a complete saved adapter: missing {missing}")
+    manifest = d / CHECKSUMS_NAME
+    if not manifest.is_file():
+        log.warning("%s has no %s (saved by an older pha): not verified", d, CHECKSUMS_NAME)
+        return
+    expected = {}
+    for line in manifest.read_text(errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        expected[name] = digest
+    for n in names:
+        if n not in expected:
+            raise CheckpointError(f"{manifest} has no checksum for {n}: the manifest is damaged")
+        if sha256_file(d / n) != expected[n]:
+            raise CheckpointError(
+                f"{d / n} does not match its checksum in {manifest}: the file is corrupt "
+                "(changed after it was saved)"
+            )
+
+
+def nonfinite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors holding NaN or Inf."""
+    return [
+        n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+# ---- training checkpoints ------------------------------------------------------------------
 
 
 def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
@@ -57,50 +299,58 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(directory: str | os.PathLike, step: int, state: dict, keep_last: int) -> Path:
-    """Atomically write `state` (plus the RNG states) as checkpoint-<step>.pt, then delete
-    all but the newest `keep_last` checkpoints."""
+    """Atomically write `state` (plus the RNG states) as checkpoint-<step>.pt with the
+    sha256 of its payload, then delete all but the newest `keep_last` checkpoints.
+    Refuses (ValueError) weights `state["model"]` holding NaN or Inf: a checkpoint that
+    cannot be resumed must never become the latest."""
     if keep_last < 1:
         raise ValueError(f"keep_last: expected >= 1, got {keep_last}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    target = checkpoint_path(d, step)
-    payload = {"format": FORMAT, "step": step, "rng": rng_state(), **state}
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(d)
+    bad = nonfinite(state.get("model", {}))
+    if bad:
+        raise ValueError(
+            f"not saving checkpoint at step {step}: weights hold NaN or Inf ({bad[:3]})"
+        )
+    d = ensure_directory(directory, "checkpoint directory")
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "step": step, "rng": rng_state(), **state}, buffer)
+    payload = buffer.getvalue()
+    header = f"pha-checkpoint {FORMAT} sha256={hashlib.sha256(payload).hexdigest()}\n".encode()
+
+    def write(f: BinaryIO) -> None:
+        f.write(header)
+        f.write(payload)
+
+    target = atomic_write(checkpoint_path(d, step), write)
     for old in list_checkpoints(d)[:-keep_last]:
         old.unlink()
     return target
 
 
 def load_checkpoint(path: str | os.PathLike, fingerprint: dict) -> dict:
-    """Read a checkpoint and check it was written by a run with the same `fingerprint`
-    (the settings that decide what the weights and the data order mean); restores the
-    RNG states. Raises a CheckpointError for a corrupt file, a ValueError for a mismatch."""
+    """Read a checkpoint, verify its checksum and check it was written by a run with the
+    same `fingerprint` (the settings that decide what the weights and the data order
+    mean); restores the RNG states. Raises a CheckpointError for a corrupt file, a
+    ValueError for a mismatch."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: no checkpoint file {path}")
+    raw = path.read_bytes()
+    header = _HEADER.match(raw)
+    if header is None or int(header[1]) != FORMAT:
+        raise CheckpointError(
+            f"resume: {path} is not a pha checkpoint of format {FORMAT} (corrupt, or written "
+            "by another program or an older pha)"
+        )
+    payload = raw[header.end() :]
+    if hashlib.sha256(payload).hexdigest() != header[2].decode():
+        raise CheckpointError(
+            f"resume: checkpoint {path} is corrupt: its contents do not match its checksum "
+            "(truncated or changed on disk); resume from an older checkpoint or start afresh"
+        )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, ...: all mean "unreadable"
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # a valid checksum over a payload torch cannot read: not ours
         raise CheckpointError(
             f"resume: checkpoint {path} is corrupt or not a pha checkpoint ({type(e).__name__}: {e})"
         ) from e
