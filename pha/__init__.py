@@ -8,6 +8,7 @@ from .methods.adapter import AdapterConfig  # noqa: E402
 from .methods.full import FullFinetuneConfig  # noqa: E402
 from .methods.hyperdecoder import HyperDecoderConfig  # noqa: E402
 from .methods.hyperformer import HyperFormerConfig  # noqa: E402
+from .methods.linear_probe import LinearProbeConfig  # noqa: E402
 from .methods.pha import PHAConfig  # noqa: E402
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "FullFinetuneConfig",
     "HyperDecoderConfig",
     "HyperFormerConfig",
+    "LinearProbeConfig",
     "PHAConfig",
     "PHAModel",
     "PHAOutput",

@@ -1,15 +1,19 @@
 """Multi-task training: `python -m pha.train [flags]`.
 
 Without arguments: PHA on the offline MiniLM encoder over four real tasks (tweet
-sentiment, movie-review polarity, review-vs-plot subjectivity, BBC topic), a few hundred
-training examples each; prints the per-task test metrics and writes to OUTPUT_DIR:
-  metrics.json  {"tasks": {task: {metric: value}}, "average": float, "step": int}
-  adapter/      the trained adapter (save_pretrained)
+sentiment, movie-review polarity, review-vs-plot subjectivity, BBC topic), 300 training
+examples each; prints the per-task test metrics and writes to OUTPUT_DIR:
+  metrics.json  {"tasks": {task: {metric: value}}, "average": float, "step": int,
+                 "validation": {...}}: the test metrics of the checkpoint chosen on validation
+  adapter/      that checkpoint's adapter (save_pretrained)
   config.json   the resolved configuration
-  log.jsonl     one JSON object per logged training step / evaluation
+  log.jsonl     one JSON object per logged training step / validation / test
   checkpoint-<step>.pt   the newest --keep-last checkpoints (for --resume)
 
-Settings come from the defaults, then a YAML/JSON --config file, then the flags.
+The protocol (docs/TRAINING.md): the step count follows the data (--epochs), warm-up is a
+ratio of it; the validation split is scored every --eval-every steps and the best
+checkpoint by --select-metric is kept; the test split is read once, at the end, for that
+checkpoint. Settings: pha.train_config (defaults, per-method defaults, --config file, flags).
 Distributed: `torchrun --nproc_per_node N -m pha.train ...` (gloo on CPU, nccl on GPU);
 --batch-size is the global batch, split evenly over the ranks; only rank 0 writes.
 Few-shot transfer: `--transfer-from RUN --k-shot K --tasks NEW...` adds the new tasks to
@@ -18,7 +22,6 @@ the run's model (add_task: prototype from the retriever) and tunes on K examples
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -30,247 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
-from . import METHODS, PHAModel, get_model
+from . import PHAModel, get_model
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from .data import DEFAULT_TASKS, Collator, MixedTaskSampler, load_tasks, metrics
+from .data import Collator, MixedTaskSampler, load_tasks, metrics
 from .evaluate import evaluate, format_table
-from .hub import ALIASES, load_backbone
+from .hub import load_backbone
+from .methods import METHODS
+from .train_config import ConfigError, TrainConfig, resolve_config
 
-# Every setting with its default. The default job was sized by measuring on 2 cores
-# (see the README): it trains and evaluates in a few minutes.
-DEFAULTS: dict = {
-    "method": "pha",
-    "model": "minilm",
-    "tasks": list(DEFAULT_TASKS),
-    "n_train": 300,  # per task: a count, or a fraction of the task's training split
-    "n_eval": 300,  # at most this many validation / test examples per task
-    "max_steps": 150,
-    "batch_size": 32,  # global (over all ranks)
-    "lr": None,  # None: LEARNING_RATES[method]
-    "warmup": 15,
-    "weight_decay": 0.0,
-    "grad_clip": 1.0,
-    "label_smoothing": 0.1,
-    "seed": 0,
-    "eval_every": 0,  # validation every N steps (0: only the final test evaluation)
-    "save_every": 50,  # checkpoint every N steps (0: never)
-    "keep_last": 2,
-    "output_dir": "runs/pha",
-    "resume": None,  # "latest" (newest checkpoint in output_dir) or a checkpoint path
-    "backend": None,  # pha.ops backend; None = fastest available
-    "task_sampling": "proportional",  # or a temperature T > 0 (p_k ∝ N_k^(1/T))
-    "max_length": 64,
-    "eval_batch_size": 64,
-    "task_prefix": True,  # prefix the input with the task name (as in the paper)
-    "method_args": {},  # extra fields of the method's config, e.g. {"adapter_dim": 32}
-    "transfer_from": None,
-    "k_shot": None,
-    "transfer_init": "nearest",  # or "mean"
-    "transfer_tune": "prototype",  # tune only the new prototype + head, or "all"
-    "log_every": 10,
-    "quiet": False,
-}
-
-
-# Peak learning rates when --lr is not given: 1e-3 for the parameter-efficient methods
-# (sized for the short default job; the releases use 3e-4 over thousands of steps, and
-# the README's study shows PHA needs it when data is seen about once); full fine-tuning
-# moves the whole pretrained backbone, which 1e-3 would wreck.
-LEARNING_RATES = {"full": 1e-4}
-PEFT_LEARNING_RATE = 1e-3
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message names it and lists what is valid."""
-
-
-def _n(value: str) -> int | float:
-    """--n-train / --n-eval: a count ('300') or a fraction ('0.1')."""
-    try:
-        return int(value)
-    except ValueError:
-        return float(value)
-
-
-def _sampling(value: str) -> str | float:
-    if value == "proportional":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'proportional' or a temperature (a number > 0), got {value!r}"
-        ) from None
-
-
-def _bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pha.train",
-        description=__doc__.split("\n\n")[0],
-        argument_default=argparse.SUPPRESS,  # only flags actually given override the config
-    )
-    a = p.add_argument
-    a("--config", help="YAML or JSON file of settings (keys as the flags, with _ or -)")
-    a("--method", help=f"one of {sorted(METHODS)} (default pha)")
-    a(
-        "--model",
-        help=f"offline alias {sorted(ALIASES)}, local directory or hub name (default minilm)",
-    )
-    a("--tasks", nargs="+", help="task names (space or comma separated); see pha.data.task_names()")
-    a("--n-train", type=_n, help="training examples per task: count or fraction")
-    a("--n-eval", type=_n, help="max validation/test examples per task: count or fraction")
-    a("--max-steps", type=int)
-    a("--batch-size", type=int, help="global batch size")
-    a("--eval-batch-size", type=int)
-    a("--lr", type=float, help="peak learning rate (default 1e-3; 1e-4 for --method full)")
-    a("--warmup", type=int, help="linear warmup steps")
-    a("--weight-decay", type=float)
-    a("--grad-clip", type=float, help="max gradient norm (0: off)")
-    a("--label-smoothing", type=float)
-    a("--seed", type=int)
-    a("--eval-every", type=int, help="validate every N steps (0: off)")
-    a("--save-every", type=int, help="checkpoint every N steps (0: off)")
-    a("--keep-last", type=int, help="checkpoints kept")
-    a("--output-dir")
-    a(
-        "--resume",
-        nargs="?",
-        const="latest",
-        help="resume from the newest checkpoint in --output-dir, or from PATH",
-    )
-    a("--backend", help="pha.ops backend: reference, cpp, triton, cuda")
-    a("--task-sampling", type=_sampling, help="'proportional' or a temperature T")
-    a("--max-length", type=int, help="max tokens per input")
-    a("--task-prefix", type=_bool, help="prefix inputs with the task name (true/false)")
-    a(
-        "--method-args",
-        type=json.loads,
-        help="JSON dict of extra method config fields, e.g. '{\"adapter_dim\": 32}'",
-    )
-    a("--transfer-from", help="a finished run directory to transfer from (few-shot)")
-    a("--k-shot", type=int, help="training examples per new task in transfer")
-    a("--transfer-init", choices=("nearest", "mean"))
-    a("--transfer-tune", choices=("prototype", "all"))
-    a("--log-every", type=int)
-    a("--quiet", action="store_true", help="no progress bar or tables")
-    return p
-
-
-def resolve_config(argv: list[str] | None = None) -> dict:
-    """DEFAULTS <- --config file <- flags, validated."""
-    args = vars(build_parser().parse_args(argv))
-    cfg = dict(DEFAULTS)
-    given = dict(args)
-    if "config" in args:
-        given = {**_read_config_file(args.pop("config")), **args}
-    cfg.update(given)
-    cfg["tasks"] = [t for item in cfg["tasks"] for t in str(item).split(",") if t]
-    if cfg["transfer_from"] is not None:
-        _inherit_from_source(cfg, given)
-    if cfg["lr"] is None:
-        cfg["lr"] = LEARNING_RATES.get(cfg["method"], PEFT_LEARNING_RATE)
-    _validate(cfg)
-    return cfg
-
-
-# What a transfer run takes from its source run unless set: the backbone the source's
-# adapter was trained on, and how its inputs were built.
-INHERITED = ("model", "max_length", "task_prefix")
-
-
-def _inherit_from_source(cfg: dict, given: dict) -> None:
-    path = Path(cfg["transfer_from"]) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"--transfer-from: no {path} (not a finished pha.train run)")
-    source = json.loads(path.read_text())
-    for key in INHERITED:
-        if key not in given:
-            cfg[key] = source[key]
-    if cfg["model"] != source["model"]:
-        raise ConfigError(
-            f"--model: {cfg['model']!r}, but the source run {cfg['transfer_from']} was trained "
-            f"on {source['model']!r}; leave --model out to use it"
-        )
-
-
-def _read_config_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config: no file {path}")
-    with open(path) as f:
-        text = f.read()
-    if path.endswith(".json"):
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"--config: {path} must hold a mapping of settings, got {type(data).__name__}"
-        )
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    for key in ("lr", "weight_decay", "grad_clip", "label_smoothing"):
-        if isinstance(data.get(key), str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                data[key] = float(data[key])
-            except ValueError:
-                raise ConfigError(f"--config: {key} must be a number, got {data[key]!r}") from None
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(
-            f"--config: unknown settings {unknown} in {path}; valid: {sorted(DEFAULTS)}"
-        )
-    return data
-
-
-def _validate(cfg: dict) -> None:
-    if cfg["method"] not in METHODS:
-        raise ConfigError(f"--method: unknown method {cfg['method']!r}; valid: {sorted(METHODS)}")
-    if not cfg["tasks"]:
-        raise ConfigError("--tasks: expected at least one task")
-    for key in (
-        "max_steps",
-        "batch_size",
-        "eval_batch_size",
-        "max_length",
-        "keep_last",
-        "log_every",
-    ):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(
-                f"--{key.replace('_', '-')}: expected an integer >= 1, got {cfg[key]!r}"
-            )
-    for key in ("eval_every", "save_every", "warmup"):
-        if not isinstance(cfg[key], int) or cfg[key] < 0:
-            raise ConfigError(
-                f"--{key.replace('_', '-')}: expected an integer >= 0, got {cfg[key]!r}"
-            )
-    if not (isinstance(cfg["lr"], int | float) and cfg["lr"] > 0):
-        raise ConfigError(f"--lr: expected > 0, got {cfg['lr']}")
-    if not 0 <= cfg["label_smoothing"] < 1:
-        raise ConfigError(
-            f"--label-smoothing: expected a value in [0, 1), got {cfg['label_smoothing']}"
-        )
-    ts = cfg["task_sampling"]
-    if ts != "proportional" and not (isinstance(ts, int | float) and ts > 0):
-        raise ConfigError(
-            f"--task-sampling: expected 'proportional' or a temperature > 0, got {ts!r}"
-        )
-    if not isinstance(cfg["method_args"], dict):
-        raise ConfigError(f"--method-args: expected a JSON object, got {cfg['method_args']!r}")
-    if (cfg["transfer_from"] is None) != (cfg["k_shot"] is None):
-        raise ConfigError("--transfer-from and --k-shot go together (few-shot transfer)")
-    if cfg["k_shot"] is not None and cfg["k_shot"] < 1:
-        raise ConfigError(f"--k-shot: expected >= 1, got {cfg['k_shot']}")
+__all__ = ["ConfigError", "TrainConfig", "main", "resolve_config", "run"]
 
 
 # ---- distributed ----------------------------------------------------------------------
@@ -303,7 +76,16 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-# ---- the run --------------------------------------------------------------------------
+def _from_rank_zero(value, world: int):
+    """Rank 0's value on every rank (decisions such as early stopping)."""
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---- building blocks ------------------------------------------------------------------
 
 
 def seed_everything(seed: int) -> None:
@@ -312,14 +94,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _fingerprint(cfg: dict, world: int) -> dict:
-    """Settings a checkpoint must share with the run resuming it."""
-    keys = ("method", "model", "tasks", "n_train", "seed", "batch_size", "task_sampling", "max_length",
-            "task_prefix", "method_args", "lr", "warmup", "max_steps", "transfer_from", "k_shot")  # fmt: skip
-    return {**{k: cfg[k] for k in keys}, "world_size": world}
-
-
-def _schedule(warmup: int, total: int):
+def linear_schedule(warmup: int, total: int):
     """Linear warmup to the peak learning rate, then linear decay to 0 (the release's)."""
 
     def factor(step: int) -> float:
@@ -330,17 +105,18 @@ def _schedule(warmup: int, total: int):
     return factor
 
 
-def _build_model(cfg: dict, data, base, tokenizer, kind: str, log) -> PHAModel:
+def _build_model(cfg: TrainConfig, data, base, tokenizer, kind: str, log) -> PHAModel:
     """A fresh model for the tasks, or (transfer) the source run's model plus new tasks."""
-    if cfg["transfer_from"] is None:
-        config_cls = METHODS[cfg["method"]]
+    if cfg.transfer_from is None:
+        config_cls = METHODS[cfg.method]
         try:
             mcfg = config_cls(
                 tasks=data.names,
                 num_labels=[t.num_labels for t in data.tasks] if kind == "encoder" else None,
-                label_smoothing=cfg["label_smoothing"],
-                backend=cfg["backend"],
-                **cfg["method_args"],
+                label_smoothing=cfg.label_smoothing,
+                task_loss_reduction=cfg.task_loss_reduction,
+                backend=cfg.backend,
+                **cfg.method_args,
             )
         except TypeError as e:  # an unknown field
             fields = sorted(config_cls.__dataclass_fields__)
@@ -350,205 +126,347 @@ def _build_model(cfg: dict, data, base, tokenizer, kind: str, log) -> PHAModel:
         except ValueError as e:  # a bad value (the message names the field)
             raise ConfigError(f"{config_cls.__name__}: {e}") from e
         return get_model(base, mcfg)
-    adapter = Path(cfg["transfer_from"]) / "adapter"
+    adapter = Path(cfg.transfer_from) / "adapter"
     if not adapter.is_dir():
         raise ConfigError(
-            f"--transfer-from: {cfg['transfer_from']} has no adapter/ (not a finished pha.train run)"
+            f"--transfer-from: {cfg.transfer_from} has no adapter/ (not a finished pha.train run)"
         )
     model = PHAModel.from_pretrained(base, adapter)
-    model.config.label_smoothing = cfg["label_smoothing"]
-    collator = Collator(tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"])
+    model.config.label_smoothing = cfg.label_smoothing
+    model.config.task_loss_reduction = cfg.task_loss_reduction
+    collator = Collator(tokenizer, kind, data.tasks, cfg.max_length, cfg.task_prefix)
     for task_id, (task, examples) in enumerate(zip(data.tasks, data.train)):
         if task.name in model.tasks:
             raise ConfigError(
-                f"--tasks: {task.name!r} is a source task of {cfg['transfer_from']}; transfer needs new tasks"
+                f"--tasks: {task.name!r} is a source task of {cfg.transfer_from}; transfer needs new tasks"
             )
         batch = collator([(task_id, ex) for ex in examples], generate=True)
         new_id = model.add_task(
             task.name,
             examples={k: batch[k].to(model.device) for k in ("input_ids", "attention_mask")},
-            init=cfg["transfer_init"],
+            init=cfg.transfer_init,
             num_labels=task.num_labels if kind == "encoder" else None,
         )
         log({"event": "add_task", "task": task.name, "id": new_id, "k_shot": len(examples)})
     return model
 
 
-def _tuned_parameters(model, cfg: dict, n_source: int) -> list[torch.nn.Parameter]:
-    """The parameters the optimiser updates: all trainable ones, or in few-shot transfer
-    with --transfer-tune prototype only the new tasks' prototype rows and heads. (The rest
-    keeps requires_grad, so the saved adapter still holds every trainable weight.)"""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if cfg["transfer_from"] is None or cfg["transfer_tune"] == "all":
-        return trainable
-    if not hasattr(model, "prototypes"):
-        raise ConfigError(
-            f"--transfer-tune prototype: method {model.config.method!r} has no prototypes; use --transfer-tune all"
+def _param_groups(model: PHAModel, cfg: TrainConfig, n_source: int) -> list[dict]:
+    """AdamW parameter groups. The hypernetwork and the heads may take their own learning
+    rate factor (a hypernetwork head reads a LayerNorm output, so one Adam step moves the
+    weights it generates far more than the same step moves a directly trained adapter).
+    In few-shot transfer with --transfer-tune prototype only the new tasks' prototype rows
+    and heads are tuned: the other parameters keep requires_grad (the saved adapter holds
+    every trainable weight) but are left out of the optimizer, so weight decay cannot
+    touch them either."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.transfer_from is not None and cfg.transfer_tune == "prototype":
+        if not hasattr(model, "prototypes"):
+            raise ConfigError(
+                f"--transfer-tune prototype: method {model.config.method!r} has no prototypes; "
+                "use --transfer-tune all"
+            )
+        weight = model.prototypes.weight
+        keep = torch.zeros_like(weight)
+        keep[n_source:] = 1.0
+        weight.register_hook(lambda g: g * keep)  # the source prototypes get no gradient
+        new_heads = {f"heads.{i}." for i in range(n_source, len(model.tasks))}
+        named = [(n, p) for n, p in named if p is weight or any(n.startswith(h) for h in new_heads)]
+    frozen_rows = (
+        model.prototypes.weight
+        if cfg.transfer_from is not None and cfg.transfer_tune == "prototype"
+        else None
+    )
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in named:
+        scale = 1.0
+        if name.startswith("hypernet."):
+            scale = cfg.hypernet_lr_scale
+        elif name.startswith("heads."):
+            scale = cfg.head_lr_scale
+        # AdamW decays every row of a parameter, with or without gradient: the prototype
+        # matrix whose source rows must stay fixed takes no decay
+        decay = 0.0 if p is frozen_rows else cfg.weight_decay
+        groups.setdefault((scale, decay), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * s, "weight_decay": wd} for (s, wd), ps in groups.items()]
+
+
+def _selection_score(per_task: dict, metric: str) -> float:
+    """The validation score a checkpoint is chosen by: the task average of `metric`, a
+    task without it counting with the average of its own metrics."""
+    return float(
+        np.mean(
+            [m[metric] if metric in m else np.mean(list(m.values())) for m in per_task.values()]
         )
-    weight = model.prototypes.weight
-    keep = torch.zeros_like(weight)
-    keep[n_source:] = 1.0
-    weight.register_hook(lambda g: g * keep)  # the source prototypes stay as they were
-    new_heads = list(model.heads)[n_source:] if hasattr(model, "heads") else []
-    return [weight] + [p for head in new_heads for p in head.parameters()]
+    )
 
 
-def run(cfg: dict) -> dict:
+class _Batches:
+    """The rank's micro-batches of each step, in the sampler's resumable order: a batch
+    sampler for DataLoader (items are (task_id, example_index) pairs)."""
+
+    def __init__(
+        self, sampler: MixedTaskSampler, start: int, stop: int, rank: int, world: int, accum: int
+    ):
+        self.sampler, self.start, self.stop = sampler, start, stop
+        self.rank, self.world, self.accum = rank, world, accum
+
+    def __iter__(self):
+        size = self.sampler.batch_size // (self.world * self.accum)
+        for step in range(self.start, self.stop):
+            pairs = self.sampler.batch(step)
+            for micro in range(self.accum):
+                offset = (micro * self.world + self.rank) * size
+                yield pairs[offset : offset + size]
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.accum
+
+
+class _TrainExamples(torch.utils.data.Dataset):
+    def __init__(self, train: list[list[dict]]):
+        self.train = train
+
+    def __getitem__(self, pair: tuple[int, int]) -> tuple[int, dict]:
+        task, index = pair
+        return task, self.train[task][index]
+
+    def __len__(self) -> int:
+        return sum(len(x) for x in self.train)
+
+
+# ---- the run --------------------------------------------------------------------------
+
+
+def run(cfg: TrainConfig) -> dict:
     """Train and evaluate as `cfg` says; returns the final metrics (as metrics.json)."""
     rank, world, device = _init_distributed()
     try:
-        return _run(cfg, rank, world, device)
+        return _Run(cfg, rank, world, device).execute()
     finally:
         if world > 1:
             dist.destroy_process_group()
 
 
-def _run(cfg: dict, rank: int, world: int, device: torch.device) -> dict:
-    started = time.perf_counter()
-    main_rank = rank == 0
-    verbose = main_rank and not cfg["quiet"]
-    out_dir = Path(cfg["output_dir"])
-    if cfg["batch_size"] % world:
-        raise ConfigError(
-            f"--batch-size {cfg['batch_size']} must be divisible by the {world} processes"
-        )
-    if main_rank:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "config.json", "w") as f:
-            json.dump(cfg, f, indent=2)
-    log_file = open(out_dir / "log.jsonl", "a") if main_rank else None
+class _Run:
+    """One training run: set-up, the step loop with validation and checkpoints, the test."""
 
-    def log(record: dict) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps({"time": time.time(), **record}) + "\n")
-            log_file.flush()
-
-    seed_everything(cfg["seed"])
-    n_train = cfg["k_shot"] if cfg["transfer_from"] else cfg["n_train"]
-    with _rank_zero_first(rank, world):
-        data = load_tasks(cfg["tasks"], n_train, cfg["n_eval"], cfg["seed"])
-        base, tokenizer, kind = load_backbone(cfg["model"])
-    model = _build_model(cfg, data, base.to(device), tokenizer, kind, log)
-    # In transfer the new tasks' ids follow the source model's tasks.
-    n_source = len(model.tasks) - len(data.tasks)
-    collator = Collator(
-        tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"], n_source
-    )
-    model.to(device)
-    if verbose:
-        print(f"pha.train: {cfg['method']} on {cfg['model']} ({kind}), tasks "
-              + ", ".join(f"{t.name} ({len(x)} train)" for t, x in zip(data.tasks, data.train)))  # fmt: skip
-        model.print_trainable_parameters()
-
-    params = _tuned_parameters(model, cfg, n_source)
-    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(cfg["warmup"], cfg["max_steps"])
-    )
-    temperature = None if cfg["task_sampling"] == "proportional" else float(cfg["task_sampling"])
-    sampler = MixedTaskSampler(
-        [len(x) for x in data.train], cfg["batch_size"], cfg["seed"], temperature
-    )
-    fingerprint = _fingerprint(cfg, world)
-
-    start = _maybe_resume(cfg, model, optimizer, scheduler, sampler, fingerprint, out_dir)
-    if start and verbose:
-        print(f"pha.train: resumed at step {start}")
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
-    local = cfg["batch_size"] // world
-    progress = _progress(verbose, start, cfg["max_steps"])
-    model.train()
-    seen, t0 = 0, time.perf_counter()
-    for step in range(start, cfg["max_steps"]):
-        pairs = sampler.batch(step)[rank * local : (rank + 1) * local]
-        batch = collator([(t, data.train[t][i]) for t, i in pairs])
-        out = train_model(**{k: v.to(device) for k, v in batch.items() if k != "targets"})
-        model.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
-        optimizer.step()
-        scheduler.step()
-        sampler.step = step + 1
-        seen += cfg["batch_size"]
-        done = step + 1
-        if done % cfg["log_every"] == 0 or done == cfg["max_steps"]:
-            rate = seen / (time.perf_counter() - t0)
-            record = {"event": "train", "step": done, "loss": out.loss.item(), "lr": scheduler.get_last_lr()[0],
-                      "examples_per_s": rate, **{f"aux_{k}": v.item() for k, v in out.aux_losses.items()}}  # fmt: skip
-            log(record)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{rate:.1f}")
-        progress.update(1)
-        if cfg["eval_every"] and done % cfg["eval_every"] == 0 and done != cfg["max_steps"]:
-            _validate_during_training(
-                model, collator, data, cfg, done, main_rank, world, log, progress
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.main_rank = rank == 0
+        self.verbose = self.main_rank and not cfg.quiet
+        self.out_dir = Path(cfg.output_dir)
+        self.started = time.perf_counter()
+        self.log_file = None
+        if cfg.batch_size % (world * cfg.grad_accum):
+            raise ConfigError(
+                f"--batch-size {cfg.batch_size} must be divisible by the {world} processes "
+                f"times --grad-accum {cfg.grad_accum}"
             )
-        if cfg["save_every"] and done % cfg["save_every"] == 0 and done != cfg["max_steps"]:
-            if main_rank:
-                state = {"fingerprint": fingerprint, "model": model.trainable_state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "sampler": sampler.state_dict()}  # fmt: skip
-                save_checkpoint(out_dir, done, state, cfg["keep_last"])
-                log({"event": "checkpoint", "step": done})
-            _barrier(world)
-    progress.close()
 
-    result = None
-    if main_rank:
-        per_task = evaluate(model, collator, data, "test", cfg["eval_batch_size"])
-        result = {"tasks": per_task, "average": metrics.average(per_task), "step": cfg["max_steps"]}
-        log({"event": "test", **result, "elapsed_s": time.perf_counter() - started})
-        model.save_pretrained(out_dir / "adapter")
-        with open(out_dir / "metrics.json", "w") as f:
-            json.dump(result, f, indent=2)
-        if verbose:
-            print(f"\ntest metrics (%) after {cfg['max_steps']} steps:")
-            print(format_table(per_task, result["average"]))
-            print(f"wrote {out_dir}/metrics.json, adapter/, config.json, log.jsonl "
-                  f"({time.perf_counter() - started:.0f} s in all)")  # fmt: skip
-        log_file.close()
-    _barrier(world)
-    return result
+    def log(self, record: dict) -> None:
+        if self.log_file is not None:
+            self.log_file.write(json.dumps({"time": time.time(), **record}) + "\n")
+            self.log_file.flush()
 
+    def execute(self) -> dict | None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        n_train = cfg.k_shot if cfg.transfer_from else cfg.n_train
+        with _rank_zero_first(self.rank, self.world):
+            data = load_tasks(cfg.tasks, n_train, cfg.n_eval, cfg.seed)
+            base, tokenizer, kind = load_backbone(cfg.model)
+        if self.main_rank:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "config.json", "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+            self.log_file = open(self.out_dir / "log.jsonl", "a")
+        try:
+            return self._train_and_test(data, base.to(self.device), tokenizer, kind)
+        finally:
+            if self.log_file is not None:
+                self.log_file.close()
 
-def _validate_during_training(model, collator, data, cfg, step, main_rank, world, log, progress):
-    if main_rank:
-        per_task = evaluate(model, collator, data, "validation", cfg["eval_batch_size"])
-        avg = metrics.average(per_task)
-        log({"event": "validation", "step": step, "tasks": per_task, "average": avg})
-        if not cfg["quiet"]:
-            progress.write(f"\nvalidation at step {step}:\n{format_table(per_task, avg)}")
-    _barrier(world)
-
-
-def _maybe_resume(cfg, model, optimizer, scheduler, sampler, fingerprint, out_dir: Path) -> int:
-    if cfg["resume"] is None:
-        return 0
-    if cfg["resume"] == "latest":
-        found = list_checkpoints(out_dir)
-        if not found:
-            raise FileNotFoundError(f"--resume: no checkpoint-*.pt in {out_dir}")
-        path = found[-1]
-    else:
-        path = Path(cfg["resume"])
-    state = load_checkpoint(path, fingerprint)
-    saved, expected = set(state["model"]), set(model.trainable_state_dict())
-    if saved != expected:
-        raise ValueError(
-            f"resume: checkpoint {path} holds other weights than this model: missing "
-            f"{sorted(expected - saved)[:5]}, unexpected {sorted(saved - expected)[:5]}"
+    def _train_and_test(self, data, base, tokenizer, kind) -> dict | None:
+        cfg = self.cfg
+        model = _build_model(cfg, data, base, tokenizer, kind, self.log)
+        n_source = len(model.tasks) - len(data.tasks)  # transfer: new ids follow the source's
+        self.collator = Collator(
+            tokenizer, kind, data.tasks, cfg.max_length, cfg.task_prefix, n_source
         )
-    model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    sampler.load_state_dict(state["sampler"])
-    return int(state["step"])
+        model.to(self.device)
+        self.model, self.data = model, data
+        total = cfg.total_steps(sum(len(x) for x in data.train))
+        self.total = total
+        if self.verbose:
+            print(f"pha.train: {cfg.method} on {cfg.model} ({kind}), tasks "
+                  + ", ".join(f"{t.name} ({len(x)} train)" for t, x in zip(data.tasks, data.train))
+                  + f"; {total} steps of {cfg.batch_size}")  # fmt: skip
+            model.print_trainable_parameters()
+
+        groups = _param_groups(model, cfg, n_source)
+        self.params = [p for g in groups for p in g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = round(cfg.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
+        temperature = None if cfg.task_sampling == "proportional" else float(cfg.task_sampling)
+        sampler = MixedTaskSampler(
+            [len(x) for x in data.train], cfg.batch_size, cfg.seed, temperature
+        )
+        # about once per epoch, at most 20 validations in a run
+        steps_per_epoch = max(1, round(sum(len(x) for x in data.train) / cfg.batch_size))
+        self.eval_every = cfg.eval_every or max(steps_per_epoch, -(-total // 20))
+        self.best: dict | None = None  # {"step", "score", "validation", "state"}
+        self.bad_evals = 0
+        fingerprint = cfg.fingerprint(self.world)
+        start = self._maybe_resume(optimizer, scheduler, sampler, fingerprint)
+        if start and self.verbose:
+            print(f"pha.train: resumed at step {start}")
+
+        train_model = model
+        if self.world > 1:
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        loader = DataLoader(
+            _TrainExamples(data.train),
+            batch_sampler=_Batches(sampler, start, total, self.rank, self.world, cfg.grad_accum),
+            collate_fn=self.collator,
+        )
+        progress = _progress(self.verbose, start, total)
+        model.train()
+        seen, t0, step = 0, time.perf_counter(), start
+        micro = iter(loader)
+        while step < total:
+            model.zero_grad(set_to_none=True)
+            for _ in range(cfg.grad_accum):
+                batch = next(micro)
+                out = train_model(
+                    **{k: v.to(self.device) for k, v in batch.items() if k != "targets"}
+                )
+                (out.loss / cfg.grad_accum).backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            sampler.step = step
+            seen += cfg.batch_size
+            if step % cfg.log_every == 0 or step == total:
+                rate = seen / (time.perf_counter() - t0)
+                record = {"event": "train", "step": step, "loss": out.loss.item(), "lr": scheduler.get_last_lr()[0],
+                          "examples_per_s": rate, **{f"aux_{k}": v.item() for k, v in out.aux_losses.items()}}  # fmt: skip
+                self.log(record)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", ex_s=f"{rate:.1f}")
+            progress.update(1)
+            stop = False
+            if step % self.eval_every == 0 or step == total:
+                stop = self._validate(step, progress)
+            if cfg.save_every and step % cfg.save_every == 0 and step != total and not stop:
+                if self.main_rank:
+                    state = {"fingerprint": fingerprint, "model": model.trainable_state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "sampler": sampler.state_dict(), "best": self.best,
+                             "bad_evals": self.bad_evals}  # fmt: skip
+                    save_checkpoint(self.out_dir, step, state, cfg.keep_last)
+                    self.log({"event": "checkpoint", "step": step})
+                _barrier(self.world)
+            if stop:
+                if self.verbose:
+                    progress.write(
+                        f"pha.train: early stop at step {step} (patience {cfg.patience})"
+                    )
+                self.log({"event": "early_stop", "step": step})
+                break
+        progress.close()
+        return self._test(step)
+
+    def _validate(self, step: int, progress) -> bool:
+        """Score the validation split, keep the best state; returns whether to stop early."""
+        cfg, stop = self.cfg, False
+        if self.main_rank:
+            per_task = evaluate(
+                self.model, self.collator, self.data, "validation", cfg.eval_batch_size
+            )
+            score = _selection_score(per_task, cfg.select_metric)
+            self.log({"event": "validation", "step": step, "tasks": per_task,
+                      "average": metrics.average(per_task), "score": score})  # fmt: skip
+            if self.best is None or score > self.best["score"] or cfg.select == "last":
+                state = {
+                    n: t.detach().clone() for n, t in self.model.trainable_state_dict().items()
+                }
+                self.best = {"step": step, "score": score, "validation": per_task, "state": state}
+                self.bad_evals = 0
+            else:
+                self.bad_evals += 1
+            stop = cfg.patience > 0 and self.bad_evals >= cfg.patience
+            if self.verbose:
+                progress.write(f"validation at step {step}: {cfg.select_metric} {100 * score:.2f}"
+                               f" (best {100 * self.best['score']:.2f} at step {self.best['step']})")  # fmt: skip
+        return _from_rank_zero(stop, self.world)
+
+    def _test(self, step: int) -> dict | None:
+        """Load the selected checkpoint and read the test split, once."""
+        cfg, result = self.cfg, None
+        if self.main_rank:
+            if self.best is not None:
+                self.model.load_state_dict(self.best["state"], strict=False)
+            per_task = evaluate(self.model, self.collator, self.data, "test", cfg.eval_batch_size)
+            result = {
+                "tasks": per_task,
+                "average": metrics.average(per_task),
+                "step": self.best["step"],
+                "steps_trained": step,
+                "validation": {
+                    "tasks": self.best["validation"],
+                    "score": self.best["score"],
+                    "metric": cfg.select_metric,
+                },  # fmt: skip
+            }
+            self.log({"event": "test", **result, "elapsed_s": time.perf_counter() - self.started})
+            self.model.save_pretrained(self.out_dir / "adapter")
+            with open(self.out_dir / "metrics.json", "w") as f:
+                json.dump(result, f, indent=2)
+            if self.verbose:
+                chosen = (
+                    "last" if cfg.select == "last" else f"best on validation {cfg.select_metric}"
+                )
+                print(f"\ntest metrics (%) at step {result['step']} of {step} ({chosen}):")
+                print(format_table(per_task, result["average"]))
+                f1 = [m["macro_f1"] for m in per_task.values() if "macro_f1" in m]
+                if len(f1) == len(per_task):
+                    print(f"{'average macro_f1':<16}  {100 * float(np.mean(f1)):.2f}")
+                print(f"wrote {self.out_dir}/metrics.json, adapter/, config.json, log.jsonl "
+                      f"({time.perf_counter() - self.started:.0f} s in all)")  # fmt: skip
+        _barrier(self.world)
+        return result
+
+    def _maybe_resume(self, optimizer, scheduler, sampler, fingerprint) -> int:
+        cfg = self.cfg
+        if cfg.resume is None:
+            return 0
+        if cfg.resume == "latest":
+            found = list_checkpoints(self.out_dir)
+            if not found:
+                raise FileNotFoundError(f"--resume: no checkpoint-*.pt in {self.out_dir}")
+            path = found[-1]
+        else:
+            path = Path(cfg.resume)
+        state = load_checkpoint(path, fingerprint)
+        saved, expected = set(state["model"]), set(self.model.trainable_state_dict())
+        if saved != expected:
+            raise ValueError(
+                f"resume: checkpoint {path} holds other weights than this model: missing "
+                f"{sorted(expected - saved)[:5]}, unexpected {sorted(saved - expected)[:5]}"
+            )
+        self.model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
+        return int(state["step"])
 
 
 def _progress(enabled: bool, start: int, total: int):

@@ -5,7 +5,7 @@ Packages added later (hyperpelt) are picked up here if present."""
 import importlib
 import importlib.util
 
-from . import adapter, full, hyperdecoder, hyperformer, pha  # noqa: F401  (registration)
+from . import adapter, full, hyperdecoder, hyperformer, linear_probe, pha  # noqa: F401  (registration)
 from .base import METHODS, MODELS, MethodConfig, PHAModel, PHAOutput, get_model, register
 
 for _name in ("hyperpelt",):

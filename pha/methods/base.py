@@ -45,6 +45,9 @@ class MethodConfig:
     num_labels: per-task class counts for encoder (BERT-family) classification heads;
         None for text-to-text backbones (T5, decoder-only).
     label_smoothing: on the task loss (0.1 in the PHA release).
+    task_loss_reduction: "mean" (per example, or per target token for text-to-text) or
+        "sum" over the batch's examples / target tokens (the PHA release's low-data
+        configs): with "sum" the weighted auxiliary losses count about 1/B as much.
     backend: pha.ops backend for the adapter op and the contrastive losses ("reference",
         "cpp", "triton", "cuda"), None for the fastest available.
     split_layer: encoder-only / decoder-only backbones: number of layers in the lower
@@ -55,6 +58,7 @@ class MethodConfig:
     tasks: list[str] = field(default_factory=list)
     num_labels: list[int] | None = None
     label_smoothing: float = 0.0
+    task_loss_reduction: str = "mean"
     backend: str | None = None
     split_layer: int | None = None
 
@@ -73,6 +77,10 @@ class MethodConfig:
                 )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.task_loss_reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"task_loss_reduction must be 'mean' or 'sum', got {self.task_loss_reduction!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
@@ -354,6 +362,7 @@ class PHAModel(nn.Module):
             flat_labels.reshape(-1),
             ignore_index=-100,
             label_smoothing=self.config.label_smoothing,
+            reduction=self.config.task_loss_reduction,
         )
         return logits, loss
 
@@ -386,7 +395,7 @@ class PHAModel(nn.Module):
                     reduction="sum",
                     label_smoothing=self.config.label_smoothing,
                 )
-        if loss is not None:
+        if loss is not None and self.config.task_loss_reduction == "mean":
             loss = loss / hidden.shape[0]
         return logits, loss
 

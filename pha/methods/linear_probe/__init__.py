@@ -1,0 +1,4 @@
+from .config import LinearProbeConfig
+from .model import LinearProbeModel
+
+__all__ = ["LinearProbeConfig", "LinearProbeModel"]

@@ -1,0 +1,116 @@
+"""The training protocol of pha.train: model selection on validation (the test split read
+once, at the end), early stopping, the step budget, the linear probe, micro-batches."""
+
+import json
+
+import pytest
+from train_utils import pha_cache, tiny_bert  # noqa: F401
+
+import pha
+from pha import train
+from pha.data import MixedTaskSampler
+from pha.train import _Batches
+
+TASKS = ["rt_polarity", "bbc_topic"]
+
+
+def args(model, out, *extra) -> list[str]:
+    return ["--model", str(model), "--tasks", *TASKS, "--n-train", "16", "--n-eval", "8",
+            "--max-steps", "6", "--eval-every", "2", "--batch-size", "8", "--max-length", "16",
+            "--save-every", "0", "--output-dir", str(out), "--quiet", *extra]  # fmt: skip
+
+
+def test_selection_reads_validation_then_test_once(tiny_bert, pha_cache, tmp_path, monkeypatch):  # noqa: F811
+    calls = []
+    evaluate = train.evaluate
+
+    def spy(model, collator, data, split, batch_size):
+        calls.append(split)
+        return evaluate(model, collator, data, split, batch_size)
+
+    monkeypatch.setattr(train, "evaluate", spy)
+    out = tmp_path / "run"
+    result = train.main(args(tiny_bert, out))
+    assert calls == ["validation"] * 3 + ["test"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    scores = {e["step"]: e["score"] for e in log if e["event"] == "validation"}
+    best = max(scores, key=lambda s: (scores[s], -s))  # the first of equal scores is kept
+    assert result["step"] == best and result["validation"]["score"] == scores[best]
+    # the saved adapter is the selected checkpoint: re-evaluating it gives the same test metrics
+    from pha import evaluate as pha_evaluate
+
+    assert pha_evaluate.main([str(out)])["tasks"] == result["tasks"]
+
+
+def test_select_last_and_early_stopping(tiny_bert, pha_cache, tmp_path):  # noqa: F811
+    last = train.main(args(tiny_bert, tmp_path / "last", "--select", "last"))
+    assert last["step"] == last["steps_trained"] == 6
+    # a learning rate too small to change any prediction: no validation improves on the first
+    stopped = train.main(args(tiny_bert, tmp_path / "stop", "--lr", "1e-12", "--patience", "1"))
+    assert stopped["steps_trained"] == 4 and stopped["step"] == 2
+
+
+def test_step_budget_follows_the_data():
+    cfg = train.resolve_config(["--epochs", "6", "--batch-size", "32"])
+    assert cfg.max_steps is None and cfg.total_steps(1200) == 225  # ceil(6 * 1200 / 32)
+    assert cfg.total_steps(64) == cfg.min_steps  # tiny data: at least min_steps
+    assert train.resolve_config(["--max-steps", "7"]).total_steps(10_000) == 7
+
+
+def test_linear_probe_trains_only_the_heads(tiny_bert, pha_cache, tmp_path):  # noqa: F811
+    from pha.hub import load_backbone
+
+    base, _, _ = load_backbone(str(tiny_bert))
+    model = pha.get_model(base, pha.LinearProbeConfig(tasks=TASKS, num_labels=[2, 5]))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("heads.") for n in trainable)
+    model.train()
+    assert model.heads.training and not model.base_model.training  # frozen features: no dropout
+    out = tmp_path / "probe"
+    train.main(args(tiny_bert, out, "--method", "linear_probe"))
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert sorted(saved) == sorted(trainable)
+
+
+def test_linear_probe_needs_an_encoder(tmp_path):
+    from train_utils import save_tiny_backbone
+
+    from pha.hub import load_backbone
+
+    base, _, _ = load_backbone(str(save_tiny_backbone(tmp_path / "t5", "seq2seq")))
+    with pytest.raises(ValueError, match="linear_probe needs an encoder backbone"):
+        pha.get_model(base, pha.LinearProbeConfig(tasks=TASKS))
+
+
+@pytest.mark.parametrize("world, accum", [(1, 1), (1, 4), (2, 2), (4, 1)])
+def test_micro_batches_cover_the_global_batch(world, accum):
+    sampler = MixedTaskSampler([5, 7, 3], batch_size=8, seed=3)
+    per_rank = [list(_Batches(sampler, 2, 5, rank, world, accum)) for rank in range(world)]
+    for rank_batches in per_rank:
+        assert len(rank_batches) == 3 * accum
+        assert all(len(b) == 8 // (world * accum) for b in rank_batches)
+    for i, step in enumerate(range(2, 5)):
+        parts = [b for micro in range(accum) for b in
+                 (per_rank[r][i * accum + micro] for r in range(world))]  # fmt: skip
+        assert sorted(p for part in parts for p in part) == sorted(sampler.batch(step))
+
+
+def test_task_loss_reduction_sum_is_batch_times_mean(tiny_bert):  # noqa: F811
+    import torch
+
+    from pha.hub import load_backbone
+
+    ids = torch.randint(5, 50, (6, 9))
+    labels, task_ids = torch.tensor([0, 1, 1, 0, 3, 4]), torch.tensor([0, 0, 0, 1, 1, 1])
+    losses = {}
+    for reduction in ("mean", "sum"):
+        torch.manual_seed(0)
+        base, _, _ = load_backbone(str(tiny_bert))
+        cfg = pha.AdapterConfig(tasks=TASKS, num_labels=[2, 5], task_loss_reduction=reduction)
+        model = pha.get_model(base, cfg).eval()
+        losses[reduction] = model(input_ids=ids, labels=labels, task_ids=task_ids).loss
+    torch.testing.assert_close(losses["sum"], 6 * losses["mean"])
+    with pytest.raises(ValueError, match="task_loss_reduction must be 'mean' or 'sum'"):
+        pha.AdapterConfig(tasks=TASKS, num_labels=[2, 5], task_loss_reduction="max")
