@@ -311,8 +311,9 @@ class _Run:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
         temperature = None if cfg.task_sampling == "proportional" else float(cfg.task_sampling)
         sampler = MixedTaskSampler(
-            [len(x) for x in data.train], cfg.batch_size, cfg.seed, temperature
-        )
+            [len(x) for x in data.train], cfg.batch_size, cfg.seed, temperature,
+            single_task=cfg.task_batches == "single",
+        )  # fmt: skip
         # about once per epoch, at most 20 validations in a run
         steps_per_epoch = max(1, round(sum(len(x) for x in data.train) / cfg.batch_size))
         self.eval_every = cfg.eval_every or max(steps_per_epoch, -(-total // 20))

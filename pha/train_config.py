@@ -202,6 +202,12 @@ class TrainConfig:
         _optional(str),
         resumable=True,
     )
+    task_batches: str | None = setting(
+        None,
+        "'mixed' tasks in every batch, or 'single': one task per batch drawn by --task-sampling (HyperFormer++'s release)",
+        _optional(str),
+        choices=("mixed", "single"),
+    )
     task_sampling: str | float = setting(
         "proportional", "'proportional' or a temperature T (p_k ∝ N_k^(1/T))", _sampling
     )
@@ -261,6 +267,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "hypernet_lr_scale": 1.0,
     "head_lr_scale": 1.0,
     "task_loss_reduction": "mean",
+    "task_batches": "mixed",
     "transfer_tune": "prototype",
 }
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {

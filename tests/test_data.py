@@ -356,3 +356,22 @@ def test_glue_tasks_through_datasets(monkeypatch):
     assert sorted(e["text"] for e in data.test[0]) == sorted(f"validation a{i}" for i in range(5))
     assert len(data.train[0]) + len(data.validation[0]) == 30
     assert data.train[0][0]["text_pair"].startswith("b")
+
+
+def test_single_task_batches():
+    sampler = MixedTaskSampler(
+        [50, 3, 20], batch_size=8, seed=1, temperature=10.0, single_task=True
+    )
+    seen = set()
+    for step in range(60):
+        batch = sampler.batch(step)
+        tasks = {t for t, _ in batch}
+        assert len(tasks) == 1 and len(batch) == 8
+        (task,) = tasks
+        seen.add(task)
+        picks = [i for _, i in batch]
+        assert all(0 <= i < sampler.sizes[task] for i in picks)
+        if sampler.sizes[task] >= 8:
+            assert len(set(picks)) == 8  # distinct examples when the task has enough
+    assert seen == {0, 1, 2}  # T=10 is close to uniform: every task gets batches
+    assert sampler.batch(7) == sampler.batch(7)  # a pure function of (seed, step)

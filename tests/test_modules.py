@@ -141,3 +141,15 @@ def test_prototypes_add():
         bank.add(z, "random")
     with pytest.raises(ValueError, match=r"z must have shape \[n >= 1, 8\]"):
         bank.add(torch.randn(0, 8))
+
+
+def test_hypernetwork_without_second_layer_is_the_hyperdecoders_generator():
+    net = HyperNetwork(cond_dim=12, shapes={"w": (6, 4), "b": (4,)}, site_sizes=(3,),
+                       site_embed_dim=10, hidden_dim=16, out_dim=None)  # fmt: skip
+    trunk = net.generator.trunk
+    assert [type(m).__name__ for m in trunk] == ["Linear", "ReLU"]
+    assert net.generator.heads["w"].in_features == 16
+    bound = 1e-3 * (3.0 / (16 * 6)) ** 0.5  # hyperfanin over the ReLU width
+    assert float(net.generator.heads["w"].weight.abs().max()) <= bound
+    out = net(torch.randn(5, 12))
+    assert out["w"].shape == (3, 5, 6, 4) and out["b"].shape == (3, 5, 4)

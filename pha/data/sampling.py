@@ -8,6 +8,9 @@ computes the same global batch (each then takes its own slice).
       examples, shuffled per epoch; tasks appear in proportion to their size.
   temperature T: each slot of a batch draws its task with p_k ∝ N_k^(1/T) (T=1:
       proportional, large T: uniform), then an example of that task, with replacement.
+  single_task: the whole batch draws one task (p_k ∝ N_k, or N_k^(1/T) with a
+      temperature), then distinct examples of it (with replacement only when the task has
+      fewer examples than a batch): the HyperFormer++ release's task batches.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ class MixedTaskSampler:
     """Global batches of (task_id, example_index) pairs."""
 
     def __init__(
-        self, sizes: list[int], batch_size: int, seed: int, temperature: float | None = None
+        self,
+        sizes: list[int],
+        batch_size: int,
+        seed: int,
+        temperature: float | None = None,
+        single_task: bool = False,
     ):
         if not sizes or any(not isinstance(n, int) or n < 1 for n in sizes):
             raise ValueError(f"sizes: expected a non-empty list of counts >= 1, got {sizes}")
@@ -33,6 +41,7 @@ class MixedTaskSampler:
             seed,
             temperature,
         )
+        self.single_task = bool(single_task)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self.step = 0  # the next step to sample
         self._cached_epoch, self._perm = -1, np.empty(0, dtype=np.int64)
@@ -44,6 +53,15 @@ class MixedTaskSampler:
         return w / w.sum()
 
     def batch(self, step: int) -> list[tuple[int, int]]:
+        if self.single_task:
+            rng = np.random.default_rng([self.seed, step, 2])
+            task = int(rng.choice(len(self.sizes), p=self.probabilities()))
+            n = self.sizes[task]
+            if n >= self.batch_size:
+                picks = rng.choice(n, size=self.batch_size, replace=False)
+            else:
+                picks = rng.integers(n, size=self.batch_size)
+            return [(task, int(i)) for i in picks]
         if self.temperature is None:
             total = int(self.offsets[-1])
             start = step * self.batch_size
@@ -76,6 +94,7 @@ class MixedTaskSampler:
             "step": self.step,
             "sizes": self.sizes,
             "temperature": self.temperature,
+            "single_task": self.single_task,
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -4,6 +4,8 @@ LayerNorm gains, prefixes, ...) for every "site" (a layer, or a (layer, position
 Shared form (the default, one generator for all sites; PHA, HyperFormer++, HyperDecoders):
     u = LayerNorm(Linear(hidden, out)(ReLU(Linear(c + E, hidden)([cond ; site_embedding]))))
     tensor_name = head_name(u).view(shape)
+With out_dim=None the trunk stops after the ReLU (u = ReLU(Linear(c + E, hidden)(...)),
+the HyperDecoders release's generator).
 where site_embedding concatenates one learned embedding per site axis (e.g. the layer,
 or the layer and the position). Per-site form (per_site=True): one generator per site on
 the conditioning alone (no site embeddings).
@@ -23,14 +25,13 @@ INITS = ("hyperfanin", "normal")
 class _Generator(nn.Module):
     def __init__(self, in_dim, shapes, hidden_dim, out_dim, eps):
         super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, out_dim),
-            nn.LayerNorm(out_dim, eps=eps),
-        )
+        layers = [nn.Linear(in_dim, hidden_dim), nn.ReLU()]
+        if out_dim is not None:
+            layers += [nn.Linear(hidden_dim, out_dim), nn.LayerNorm(out_dim, eps=eps)]
+        self.trunk = nn.Sequential(*layers)
+        head_in = hidden_dim if out_dim is None else out_dim
         self.heads = nn.ModuleDict(
-            {name: nn.Linear(out_dim, math.prod(shape)) for name, shape in shapes.items()}
+            {name: nn.Linear(head_in, math.prod(shape)) for name, shape in shapes.items()}
         )
 
     def forward(self, inputs: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -48,7 +49,8 @@ class HyperNetwork(nn.Module):
         site_sizes: size of each site axis, e.g. (L,) for layers or (L, 2) for
             (layer, position); sites are the row-major product (layer-major).
         site_embed_dim: width of each site axis's embedding.
-        hidden_dim, out_dim: the trunk widths (128 and 64 in the releases).
+        hidden_dim, out_dim: the trunk widths (128 and 64 in the PHA release); out_dim None:
+            no second layer and no LayerNorm, the heads read the ReLU output.
         per_site: one generator per site instead of one shared generator.
         init: "hyperfanin" (PHA: weight heads U(+-1e-3 sqrt(3 / (out_dim * fan_in))),
             1-D heads U(+-1e-3 sqrt(3 / out_dim)), head biases 0, trunk PyTorch default)
@@ -65,7 +67,7 @@ class HyperNetwork(nn.Module):
         site_sizes: tuple[int, ...] = (1,),
         site_embed_dim: int = 64,
         hidden_dim: int = 128,
-        out_dim: int = 64,
+        out_dim: int | None = 64,
         per_site: bool = False,
         init: str = "hyperfanin",
         layer_norm_eps: float = 1e-6,
@@ -93,13 +95,13 @@ class HyperNetwork(nn.Module):
             )
             in_dim = cond_dim + site_embed_dim * len(site_sizes)
             self.generator = _Generator(in_dim, self.shapes, hidden_dim, out_dim, layer_norm_eps)
-        self._init(init, out_dim)
+        self._init(init, hidden_dim if out_dim is None else out_dim)
 
     def _generators(self) -> list[_Generator]:
         return list(self.generators) if self.per_site else [self.generator]
 
     @torch.no_grad()
-    def _init(self, init: str, out_dim: int) -> None:
+    def _init(self, init: str, head_in: int) -> None:
         for gen in self._generators():
             if init == "normal":
                 for m in gen.modules():
@@ -110,7 +112,7 @@ class HyperNetwork(nn.Module):
             for name, head in gen.heads.items():
                 shape = self.shapes[name]
                 fan = shape[0] if len(shape) == 2 else 1
-                bound = 1e-3 * math.sqrt(3.0 / (out_dim * fan))
+                bound = 1e-3 * math.sqrt(3.0 / (head_in * fan))
                 nn.init.uniform_(head.weight, -bound, bound)
                 nn.init.zeros_(head.bias)
 

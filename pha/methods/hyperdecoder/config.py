@@ -16,7 +16,10 @@ class HyperDecoderConfig(MethodConfig):
 
     adapter_dim: bottleneck r (64).
     layer_embed_dim: width of the layer embedding (10).
-    hypernet_hidden_dim, hypernet_out_dim: hypernetwork trunk widths (128, 64).
+    hypernet_hidden_dim: width of the generator's hidden layer (128).
+    hypernet_out_dim: None (the HyperDecoders release: Linear(d + 10, hidden) -> ReLU, the
+        weight heads read the ReLU output), or a width: a second Linear(hidden, out) and a
+        LayerNorm before the heads, as in PHA's generator.
     lower_init_gain: xavier_uniform gain of the lower-half shared adapters (1e-4).
     """
 
@@ -24,5 +27,5 @@ class HyperDecoderConfig(MethodConfig):
     adapter_dim: int = 64
     layer_embed_dim: int = 10
     hypernet_hidden_dim: int = 128
-    hypernet_out_dim: int = 64
+    hypernet_out_dim: int | None = None
     lower_init_gain: float = 1e-4
