@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from . import PHAModel, get_model
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from .data import Collator, MixedTaskSampler, load_tasks, metrics
+from .data import Collator, MixedTaskSampler, head, load_tasks, metrics
 from .evaluate import evaluate, format_table
 from .hub import load_backbone
 from .methods import METHODS
@@ -275,6 +275,8 @@ class _Run:
         n_train = cfg.k_shot if cfg.transfer_from else cfg.n_train
         with _rank_zero_first(self.rank, self.world):
             data = load_tasks(cfg.tasks, n_train, cfg.n_eval, cfg.seed)
+            if cfg.n_val is not None:  # a smaller validation set: cheaper model selection
+                data.validation = [head(x, cfg.n_val, "n_val") for x in data.validation]
             base, tokenizer, kind = load_backbone(cfg.model)
         if self.main_rank:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -314,9 +316,9 @@ class _Run:
             [len(x) for x in data.train], cfg.batch_size, cfg.seed, temperature,
             single_task=cfg.task_batches == "single",
         )  # fmt: skip
-        # about once per epoch, at most 20 validations in a run
+        # about once per epoch, at most 10 validations in a run
         steps_per_epoch = max(1, round(sum(len(x) for x in data.train) / cfg.batch_size))
-        self.eval_every = cfg.eval_every or max(steps_per_epoch, -(-total // 20))
+        self.eval_every = cfg.eval_every or max(steps_per_epoch, -(-total // 10))
         self.best: dict | None = None  # {"step", "score", "validation", "state"}
         self.bad_evals = 0
         fingerprint = cfg.fingerprint(self.world)

@@ -133,6 +133,11 @@ class TrainConfig:
     n_eval: int | float = setting(
         300, "at most this many validation / test examples per task", _count
     )
+    n_val: int | float | None = setting(
+        None,
+        "at most this many validation examples per task for model selection (default: --n-eval)",
+        _optional(_count),
+    )
     epochs: float | None = setting(
         None, "passes over the training set (sets the step count)", _optional(_float)
     )
@@ -170,7 +175,7 @@ class TrainConfig:
     seed: int = setting(0, "seed of the training sample, the init and the data order", _int)
     eval_every: int | None = setting(
         None,
-        "validate every N steps (default: about once per epoch, at most 20 times)",
+        "validate every N steps (default: about once per epoch, at most 10 times)",
         _optional(_int),
     )
     select: str = setting(

@@ -114,3 +114,16 @@ def test_task_loss_reduction_sum_is_batch_times_mean(tiny_bert):  # noqa: F811
     torch.testing.assert_close(losses["sum"], 6 * losses["mean"])
     with pytest.raises(ValueError, match="task_loss_reduction must be 'mean' or 'sum'"):
         pha.AdapterConfig(tasks=TASKS, num_labels=[2, 5], task_loss_reduction="max")
+
+
+def test_n_val_shrinks_only_the_validation_split(tiny_bert, pha_cache, tmp_path, monkeypatch):  # noqa: F811
+    sizes = []
+    evaluate = train.evaluate
+
+    def spy(model, collator, data, split, batch_size):
+        sizes.append((split, [len(x) for x in data.split(split)]))
+        return evaluate(model, collator, data, split, batch_size)
+
+    monkeypatch.setattr(train, "evaluate", spy)
+    train.main(args(tiny_bert, tmp_path / "run", "--n-val", "3", "--max-steps", "2"))
+    assert sizes == [("validation", [3, 3]), ("test", [8, 8])]
