@@ -12,15 +12,26 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError
 from .data import Collator, MultiTaskData, metrics, parse_answer
+
+# What pha.evaluate reads from a run's config.json.
+RUN_KEYS = ("method", "model", "tasks", "n_train", "n_eval", "seed", "max_length", "task_prefix")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
 
 
 @torch.no_grad()
 def predict(model, collator: Collator, items: list[tuple[int, dict]], batch_size: int) -> list:
     """Predictions (class ids, or floats for regression) for [(task_id, example)]."""
+    _check_batch_size(batch_size)
     was_training = model.training
     model.eval()
     out = []
@@ -56,6 +67,7 @@ def evaluate(
     model, collator: Collator, data: MultiTaskData, split: str = "test", batch_size: int = 64
 ) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} on `split` of every task with examples there."""
+    _check_batch_size(batch_size)
     results = {}
     for task_id, (task, examples) in enumerate(zip(data.tasks, data.split(split))):
         if not examples:
@@ -82,7 +94,48 @@ def format_table(per_task: dict[str, dict[str, float]], average: float | None = 
     return "\n".join(lines)
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return n
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """The resolved settings a pha.train run wrote to RUN_DIR/config.json; a ValueError
+    naming the file if it is missing, malformed or lacks a setting pha.evaluate needs."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.json: not a pha.train output directory")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} must hold a JSON object of settings, got {type(cfg).__name__}")
+    missing = [k for k in RUN_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"{path} lacks the settings {missing}: not written by pha.train")
+    return cfg
+
+
+def _check_run_matches_adapter(run_dir: str, cfg: dict, model) -> None:
+    """config.json and adapter/ must describe the same run (a later run that failed may
+    have left its own config.json beside an older adapter)."""
+    tasks = [t for item in cfg["tasks"] for t in str(item).split(",") if t]
+    if cfg["method"] != model.config.method or not set(tasks) <= set(model.tasks):
+        raise ValueError(
+            f"{run_dir}: config.json (method {cfg['method']!r}, tasks {tasks}) does not "
+            f"describe adapter/ (method {model.config.method!r}, tasks {model.tasks})"
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """The command line: a missing or damaged run ends with its message and exit code 2
+    (PHA_DEBUG=1 shows the traceback)."""
     from . import PHAModel
     from .data import load_tasks
     from .hub import load_backbone
@@ -90,18 +143,20 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m pha.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="an output directory of python -m pha.train")
     p.add_argument("--split", choices=("test", "validation"), default="test")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     args = p.parse_args(argv)
-    config_path = os.path.join(args.run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        p.error(f"{args.run_dir} has no config.json: not a pha.train output directory")
-    with open(config_path) as f:
-        cfg = json.load(f)
-    base, tokenizer, kind = load_backbone(cfg["model"])
-    model = PHAModel.from_pretrained(base, os.path.join(args.run_dir, "adapter"))
-    data = load_tasks(model.tasks, cfg["n_train"], cfg["n_eval"], cfg["seed"])
-    collator = Collator(tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"])
-    per_task = evaluate(model, collator, data, args.split, args.batch_size)
+    try:
+        cfg = read_run_config(args.run_dir)
+        base, tokenizer, kind = load_backbone(cfg["model"])
+        model = PHAModel.from_pretrained(base, os.path.join(args.run_dir, "adapter"))
+        _check_run_matches_adapter(args.run_dir, cfg, model)
+        data = load_tasks(model.tasks, cfg["n_train"], cfg["n_eval"], cfg["seed"])
+        collator = Collator(tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"])
+        per_task = evaluate(model, collator, data, args.split, args.batch_size)
+    except (ValueError, OSError, CheckpointError) as e:
+        if os.environ.get("PHA_DEBUG") == "1":
+            raise
+        p.exit(2, f"{p.prog}: error: {e}\n")
     avg = metrics.average(per_task)
     print(format_table(per_task, avg), file=sys.stdout)
     return {"tasks": per_task, "average": avg}

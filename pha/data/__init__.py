@@ -39,8 +39,16 @@ def load_tasks(
     """Load the tasks called `names` (in this order: task id = position) with n_train
     training examples each (count, fraction or None = all; drawn with `seed`) and at most
     n_eval validation and test examples each (seed-independent)."""
+    if (
+        isinstance(names, str)
+        or not isinstance(names, list | tuple)
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise TypeError(f"tasks: expected a list of task names (strings), got {names!r}")
     if not names:
         raise ValueError("tasks: expected at least one task")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"tasks: duplicates in {names}")
     bigbench.prefetch([n.split(":", 1)[1] for n in names if n.startswith("bigbench:")])

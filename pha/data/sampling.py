@@ -33,7 +33,11 @@ class MixedTaskSampler:
             raise ValueError(f"sizes: expected a non-empty list of counts >= 1, got {sizes}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-        if temperature is not None and not temperature > 0:
+        if temperature is not None and not (
+            isinstance(temperature, int | float)
+            and not isinstance(temperature, bool)
+            and temperature > 0
+        ):
             raise ValueError(f"temperature: expected a number > 0 or None, got {temperature!r}")
         self.sizes, self.batch_size, self.seed, self.temperature = (
             list(sizes),
@@ -49,7 +53,11 @@ class MixedTaskSampler:
     def probabilities(self) -> np.ndarray:
         """The probability of each task per slot."""
         n = np.asarray(self.sizes, dtype=np.float64)
-        w = n if self.temperature is None else n ** (1.0 / self.temperature)
+        if self.temperature is None:
+            return n / n.sum()
+        # softmax(log N_k / T): N_k^(1/T) itself overflows for small T (1e-300 -> inf / inf)
+        logits = np.log(n) / self.temperature
+        w = np.exp(logits - logits.max())
         return w / w.sum()
 
     def batch(self, step: int) -> list[tuple[int, int]]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def floating(name: str, t: object, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+def tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def floating(name: str, t: object, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    tensor(name, t)
     if t.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
     return t
@@ -34,8 +39,7 @@ def same_dtype(names_and_tensors: dict[str, torch.Tensor]) -> None:
 
 def index_tensor(name: str, t: object, length: int, upper: int, what: str) -> torch.Tensor:
     """An integer tensor [length] with values in [0, upper); returned as int64."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    tensor(name, t)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (torch.long), got {t.dtype}")
     if t.dim() != 1 or t.shape[0] != length:

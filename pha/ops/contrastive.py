@@ -20,6 +20,7 @@ import torch
 from . import _backend, _checks, reference
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_MAX_INVERSE_TEMPERATURE = torch.finfo(torch.float32).max
 
 
 def _accumulation_dtype(z: torch.Tensor) -> torch.dtype:
@@ -139,6 +140,11 @@ def _validate_temperature(temperature: float) -> float:
         raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if 1.0 / temperature > _MAX_INVERSE_TEMPERATURE:  # the kernels scale by 1/tau in fp32
+        raise ValueError(
+            f"temperature must be >= {1.0 / _MAX_INVERSE_TEMPERATURE:.3g} (1/temperature "
+            f"finite in float32), got {temperature}"
+        )
     return float(temperature)
 
 
@@ -164,8 +170,8 @@ def supcon_loss(
     """
     _validate_z(z)
     temperature = _validate_temperature(temperature)
+    _checks.same_device({"z": z, "labels": _checks.tensor("labels", labels)})
     labels = _checks.index_tensor("labels", labels, z.shape[0], 2**62, "one class id per row of z")
-    _checks.same_device({"z": z, "labels": labels})
     name = _backend.resolve(backend, z.device, "supcon", z.dtype)
     if name == "reference":
         return reference.supcon_loss(z, labels, temperature)
@@ -195,11 +201,13 @@ def prototype_loss(
     _checks.shape("prototypes", prototypes, (None, z.shape[1]), f"[K, D={z.shape[1]}]")
     _checks.same_dtype({"z": z, "prototypes": prototypes})
     temperature = _validate_temperature(temperature)
+    _checks.same_device(
+        {"z": z, "prototypes": prototypes, "labels": _checks.tensor("labels", labels)}
+    )
     k = prototypes.shape[0]
     labels = _checks.index_tensor(
         "labels", labels, z.shape[0], k, f"one prototype id in [0, {k}) per row of z"
     )
-    _checks.same_device({"z": z, "prototypes": prototypes, "labels": labels})
     name = _backend.resolve(backend, z.device, "prototype", z.dtype)
     if name == "reference":
         return reference.prototype_loss(z, prototypes, labels, temperature, exclude_positive)

@@ -1,0 +1,73 @@
+"""python -m pha.evaluate on missing, damaged or mismatched runs: a clear error naming the
+file (exit code 2), never a traceback from safetensors, json or range()."""
+
+import json
+import re
+import shutil
+
+import pytest
+from train_utils import pha_cache, tiny_bert  # noqa: F401
+
+from pha import evaluate as pha_evaluate
+from pha import train
+
+TASKS = ["rt_polarity", "rt_subjectivity"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_bert, pha_cache, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train.main(["--model", str(tiny_bert), "--tasks", *TASKS, "--n-train", "16", "--n-eval", "8",
+                "--max-steps", "2", "--batch-size", "4", "--max-length", "16", "--save-every", "0",
+                "--output-dir", str(out), "--quiet"])  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def run(finished_run, tmp_path):
+    """A private copy of the finished run to damage."""
+    return shutil.copytree(finished_run, tmp_path / "run")
+
+
+def _fails_with(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        pha_evaluate.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err, re.S), err
+    assert "Traceback" not in err
+
+
+def test_batch_size_must_be_positive(run, capsys):
+    """Issue 15: --batch-size 0 ended in range()'s ValueError."""
+    _fails_with(
+        [str(run), "--batch-size", "0"], "--batch-size: expected an integer >= 1, got '0'", capsys
+    )
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
+        pha_evaluate.evaluate(None, None, None, "test", batch_size=0)
+
+
+def test_not_a_run_directory(tmp_path, capsys):
+    _fails_with([str(tmp_path / "nowhere")], "has no config.json: not a pha.train output", capsys)
+
+
+def test_malformed_or_incomplete_config_json_is_named(run, capsys):
+    path = run / "config.json"
+    path.write_text('{"model": ')
+    _fails_with([str(run)], rf"{path} is not valid JSON", capsys)
+    path.write_text("[1, 2]")
+    _fails_with([str(run)], rf"{path} must hold a JSON object of settings, got list", capsys)
+    path.write_text('{"model": "minilm"}')
+    _fails_with([str(run)], rf"{path} lacks the settings \['method', 'tasks'", capsys)
+
+
+def test_config_json_of_another_run_is_refused(run, capsys):
+    """Issue 15, item 1 (evaluate side): a config.json that does not describe adapter/
+    (left by a later run that failed) must not score the adapter with its settings."""
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "tasks": ["bbc_topic"]}))
+    _fails_with(
+        [str(run)],
+        r"config.json \(method 'pha', tasks \['bbc_topic'\]\) does not describe adapter/",
+        capsys,
+    )
