@@ -281,6 +281,10 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Method config fields pha.train sets unless --method-args names them.
+METHOD_ARGS: dict[str, dict[str, Any]] = {}
+
+
 def method_default(method: str, key: str) -> Any:
     return METHOD_DEFAULTS.get(method, {}).get(key, COMMON_DEFAULTS[key])
 
@@ -376,6 +380,8 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
     for key in COMMON_DEFAULTS:
         if getattr(cfg, key) is None:
             setattr(cfg, key, method_default(cfg.method, key))
+    if cfg.transfer_from is None:  # a transfer run rebuilds its source's method config
+        cfg.method_args = {**METHOD_ARGS.get(cfg.method, {}), **cfg.method_args}
     validate(cfg)
     return cfg
 

@@ -127,3 +127,39 @@ def test_n_val_shrinks_only_the_validation_split(tiny_bert, pha_cache, tmp_path,
     monkeypatch.setattr(train, "evaluate", spy)
     train.main(args(tiny_bert, tmp_path / "run", "--n-val", "3", "--max-steps", "2"))
     assert sizes == [("validation", [3, 3]), ("test", [8, 8])]
+
+
+def test_collect_runs_rows(tmp_path):
+    import csv
+    import importlib.util
+
+    from train_utils import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "collect_runs", REPO / "benchmarks" / "collect_runs.py"
+    )
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {**train.TrainConfig().to_dict(), "lr": 3e-4, "seed": 2, "output_dir": "x"}
+    (run / "config.json").write_text(json.dumps(config))
+    metrics = {"tasks": {"a": {"accuracy": 0.5, "macro_f1": 0.4}}, "average": 0.45, "step": 3,
+               "validation": {"tasks": {"a": {"accuracy": 0.6, "macro_f1": 0.55}}, "score": 0.55}}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "rows.csv"
+    collect.main([str(run), "--csv", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["split"], r["metric"], float(r["score"])) for r in rows] == [
+        ("validation", "accuracy", 0.6), ("validation", "macro_f1", 0.55),
+        ("test", "accuracy", 0.5), ("test", "macro_f1", 0.4)]  # fmt: skip
+    assert all(r["method"] == "pha" and r["seed"] == "2" and r["n_train"] == "300" for r in rows)
+    assert json.loads(rows[0]["config"]) == {"lr": 3e-4, "seed": 2}  # only what differs
+
+
+def test_method_args_defaults_merge_under_the_flags(monkeypatch):
+    from pha import train_config
+
+    monkeypatch.setitem(train_config.METHOD_ARGS, "adapter", {"adapter_dim": 8, "per_task": True})
+    cfg = train.resolve_config(["--method", "adapter", "--method-args", '{"adapter_dim": 4}'])
+    assert cfg.method_args == {"adapter_dim": 4, "per_task": True}
