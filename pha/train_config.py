@@ -275,14 +275,21 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "task_batches": "mixed",
     "transfer_tune": "prototype",
 }
+_HYPERNET = {"hypernet_lr_scale": 0.1}  # the generated weights move ~50x lr per step
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pha": _HYPERNET,
+    "hyperformer": _HYPERNET,
+    "hyperdecoder": _HYPERNET,
+    "hyperpelt": _HYPERNET,
     "full": {"lr": 1e-4},  # moves the whole pretrained backbone: 1e-3 would wreck it
     "linear_probe": {"lr": 1e-2},
 }
 
 
 # Method config fields pha.train sets unless --method-args names them.
-METHOD_ARGS: dict[str, dict[str, Any]] = {}
+# HyperFormer++: the paper's N(0, 1e-2) init of the generated post-adapter LayerNorm moves
+# a post-LN BERT far from the backbone at step 0 (cosine 0.34); zero starts at identity.
+METHOD_ARGS: dict[str, dict[str, Any]] = {"hyperformer": {"norm_init": "zero"}}
 
 
 def method_default(method: str, key: str) -> Any:
@@ -386,9 +393,9 @@ def resolve_config(argv: list[str] | None = None) -> TrainConfig:
     return cfg
 
 
-# What a transfer run takes from its source run unless set: the backbone the source's
-# adapter was trained on, and how its inputs were built.
-INHERITED = ("model", "max_length", "task_prefix")
+# What a transfer run takes from its source run unless set: the method and backbone the
+# source's adapter was trained on, and how its inputs were built.
+INHERITED = ("method", "model", "max_length", "task_prefix")
 
 
 def _inherit_from_source(cfg: TrainConfig, given: dict) -> None:

@@ -161,7 +161,7 @@ def test_few_shot_transfer(tiny_bert, pha_cache, tmp_path):  # noqa: F811
     assert list(result["tasks"]) == ["bbc_topic"]
     source_cfg = json.loads((source / "config.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
-    assert all(cfg[k] == source_cfg[k] for k in ("model", "max_length", "task_prefix"))
+    assert all(cfg[k] == source_cfg[k] for k in ("method", "model", "max_length", "task_prefix"))
     before, after = _weights(source), _weights(out)
     assert after["prototypes.weight"].shape[0] == len(TASKS) + 1
     # only the new prototype (and the new head) were tuned: weight decay touched nothing else
@@ -215,6 +215,9 @@ def test_learning_rate_defaults_per_method():
     assert train.resolve_config(["--method", "full"])["lr"] == 1e-4
     assert train.resolve_config(["--method", "full", "--lr", "3e-5"])["lr"] == 3e-5
     assert train.resolve_config(["--method", "linear_probe"])["lr"] == 1e-2
+    assert train.resolve_config([]).hypernet_lr_scale == 0.1
+    assert train.resolve_config(["--method", "adapter"]).hypernet_lr_scale == 1.0
+    assert train.resolve_config(["--method", "hyperformer"]).method_args == {"norm_init": "zero"}
 
 
 def test_transfer_refuses_another_backbone(tmp_path):
