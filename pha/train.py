@@ -94,13 +94,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def linear_schedule(warmup: int, total: int):
-    """Linear warmup to the peak learning rate, then linear decay to 0 (the release's)."""
+def linear_schedule(warmup: int, total: int, start: int = 0):
+    """Linear warmup to the peak learning rate, then linear decay to 0 (the release's);
+    0 before step `start` (a group that waits for the heads' probe phase)."""
 
     def factor(step: int) -> float:
+        step -= start
+        if step < 0:
+            return 0.0
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
+        return max(0.0, (total - start - step) / max(1, total - start - warmup))
 
     return factor
 
@@ -177,18 +181,18 @@ def _param_groups(model: PHAModel, cfg: TrainConfig, n_source: int) -> list[dict
         if cfg.transfer_from is not None and cfg.transfer_tune == "prototype"
         else None
     )
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    groups: dict[tuple[float, float, bool], list[torch.nn.Parameter]] = {}
     for name, p in named:
-        scale = 1.0
+        head = name.startswith("heads.")
+        scale = cfg.head_lr_scale if head else 1.0
         if name.startswith("hypernet."):
             scale = cfg.hypernet_lr_scale
-        elif name.startswith("heads."):
-            scale = cfg.head_lr_scale
         # AdamW decays every row of a parameter, with or without gradient: the prototype
         # matrix whose source rows must stay fixed takes no decay
         decay = 0.0 if p is frozen_rows else cfg.weight_decay
-        groups.setdefault((scale, decay), []).append(p)
-    return [{"params": ps, "lr": cfg.lr * s, "weight_decay": wd} for (s, wd), ps in groups.items()]
+        groups.setdefault((scale, decay, head), []).append(p)
+    return [{"params": ps, "lr": cfg.lr * s, "weight_decay": wd, "heads": head}
+            for (s, wd, head), ps in groups.items()]  # fmt: skip
 
 
 def _selection_score(per_task: dict, metric: str) -> float:
@@ -309,8 +313,16 @@ class _Run:
         groups = _param_groups(model, cfg, n_source)
         self.params = [p for g in groups for p in g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = round(cfg.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
+        # LP-FT: the heads train alone for the first --probe-ratio of the steps (a linear
+        # probe), then everything; each phase warms up over --warmup-ratio of its steps.
+        probe = round(cfg.probe_ratio * total)
+        factors = [
+            linear_schedule(round(cfg.warmup_ratio * total), total)
+            if g["heads"] or not probe
+            else linear_schedule(round(cfg.warmup_ratio * (total - probe)), total, probe)
+            for g in groups
+        ]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         temperature = None if cfg.task_sampling == "proportional" else float(cfg.task_sampling)
         sampler = MixedTaskSampler(
             [len(x) for x in data.train], cfg.batch_size, cfg.seed, temperature,

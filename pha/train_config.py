@@ -160,6 +160,11 @@ class TrainConfig:
         "learning-rate factor of the per-task classification heads (heads.*)",
         _optional(_float),
     )
+    probe_ratio: float | None = setting(
+        None,
+        "LP-FT: the first fraction of the steps trains only the per-task heads (a linear probe), then everything",
+        _optional(_float),
+    )
     warmup_ratio: float = setting(
         0.1, "linear warm-up over this fraction of the steps, then linear decay to 0", _float
     )
@@ -271,6 +276,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "hypernet_lr_scale": 1.0,
     "head_lr_scale": 1.0,
+    "probe_ratio": 0.0,
     "task_loss_reduction": "mean",
     "task_batches": "mixed",
     "transfer_tune": "prototype",
@@ -450,6 +456,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{_flag(key)}: expected a finite number >= 0, got {value}")
+    if not 0 <= cfg.probe_ratio < 1:
+        raise ConfigError(f"--probe-ratio: expected a fraction in [0, 1), got {cfg.probe_ratio}")
     if not 0 <= cfg.warmup_ratio < 1:
         raise ConfigError(f"--warmup-ratio: expected a fraction in [0, 1), got {cfg.warmup_ratio}")
     if not 0 <= cfg.label_smoothing < 1:

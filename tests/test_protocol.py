@@ -163,3 +163,28 @@ def test_method_args_defaults_merge_under_the_flags(monkeypatch):
     monkeypatch.setitem(train_config.METHOD_ARGS, "adapter", {"adapter_dim": 8, "per_task": True})
     cfg = train.resolve_config(["--method", "adapter", "--method-args", '{"adapter_dim": 4}'])
     assert cfg.method_args == {"adapter_dim": 4, "per_task": True}
+
+
+def test_probe_phase_trains_only_the_heads(tiny_bert, pha_cache, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from pha.hub import load_backbone
+
+    train.seed_everything(0)
+    base, _, _ = load_backbone(str(tiny_bert))
+    initial = pha.get_model(
+        base, pha.AdapterConfig(tasks=TASKS, num_labels=[2, 5])
+    ).trainable_state_dict()
+    out = tmp_path / "lpft"
+    train.main(args(tiny_bert, out, "--method", "adapter", "--probe-ratio", "0.9", "--max-steps", "3",
+                    "--select", "last"))  # fmt: skip
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    for name, weight in saved.items():
+        changed = not bool((weight == initial[name]).all())
+        assert changed == name.startswith("heads."), name
+
+
+def test_schedule_waits_for_the_probe_phase():
+    factor = train.linear_schedule(warmup=2, total=10, start=4)
+    assert [factor(s) for s in range(4)] == [0.0] * 4
+    assert [round(factor(s), 3) for s in range(4, 10)] == [0.333, 0.667, 1.0, 0.75, 0.5, 0.25]
