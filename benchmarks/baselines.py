@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pha.data import DEFAULT_TASKS, Collator, load_tasks, metrics
+from pha.data import DEFAULT_TASKS, Collator, head, load_tasks, metrics
 from pha.evaluate import format_table
 from pha.hub import load_backbone
 from pha.modules import masked_mean
@@ -199,6 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     p.add_argument("--n-train", type=int, default=300)
     p.add_argument("--n-eval", type=int, default=300)
+    p.add_argument(
+        "--n-val",
+        type=lambda s: float(s) if "." in s else int(s),  # a count or a fraction
+        default=None,
+        help="validation examples per task, count or fraction (pha.train's --n-val)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--task-prefix", action="store_true", help="prefix inputs with the task name")
@@ -207,22 +213,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--csv", default=None, help="append rows to this CSV")
-    p.add_argument("--json", default=None, help="write the per-task test metrics here")
+    p.add_argument(
+        "--json",
+        default=None,
+        help="write the per-task test and validation metrics here (as pha.train's metrics.json)",
+    )
     p.add_argument("--label", default=None, help="method name in the CSV (default: the baseline)")
     args = p.parse_args(argv)
     tasks = [t for item in args.tasks for t in item.split(",") if t]
     torch.manual_seed(args.seed)
     data = load_tasks(tasks, args.n_train, args.n_eval, args.seed)
+    if args.n_val is not None:  # as pha.train: a smaller validation set for the selection
+        data.validation = [head(x, args.n_val, "n_val") for x in data.validation]
     label = args.label or (
         "lora_shared" if args.baseline == "lora" and args.shared else args.baseline
     )
     rows = []
+    validation, selected = {}, {}
 
     def log(task, val, test, extra):
         print(
             f"{label} {task}: validation macro_f1 {100 * val['macro_f1']:.2f}, test {json.dumps(test)} {extra}",
             flush=True,
         )
+        validation[task], selected[task] = val, extra
         for split, m in (("validation", val), ("test", test)):
             rows.extend([label, args.n_train, args.seed, task, k, v, split] for k, v in m.items())
 
@@ -238,17 +252,20 @@ def main(argv: list[str] | None = None) -> dict:
             if new:
                 w.writerow(["method", "n_train", "seed", "task", "metric", "score", "split"])
             w.writerows(rows)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "tasks": results,
-                    "average_macro_f1": f1,
-                    "seconds": time.perf_counter() - started,
-                },
-                indent=2,
-            )
-        )
+    if args.json:  # the shape of pha.train's metrics.json (the study reads both alike)
+        summary = {
+            "tasks": results,
+            "average": metrics.average(results),
+            "average_macro_f1": f1,
+            "validation": {"tasks": validation, "metric": "macro_f1"},
+            "selected": selected,
+            "seconds": time.perf_counter() - started,
+        }
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, path)  # atomically: a reader sees a whole file or none
     return results
 
 
