@@ -193,7 +193,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--transfer", action="store_true", help="run the few-shot transfer grid")
     mode.add_argument("--report", action="store_true", help="write tables and plots from the CSVs")
     mode.add_argument("--rerun", type=_cell_arg, metavar="METHOD,N,SEED", help="re-run one cell")
-    p.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: extra pha.train flags")
+    p.add_argument(
+        "train_args",
+        nargs=argparse.REMAINDER,
+        help="after --: extra pha.train flags (the PEFT baselines take from them only the "
+        "data settings: --n-eval, --n-val, --max-length, --task-prefix)",
+    )
     args = p.parse_args(argv)
     args.train_args = [a for a in args.train_args if a != "--"]
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -201,11 +206,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--methods: unknown {unknown}; valid: {','.join(METHODS)}")
     if args.label and len(args.methods) != 1:
         p.error(f"--label names one method's variant; got --methods {','.join(args.methods)}")
-    if args.train_args and any(m in BASELINES for m in args.methods):
-        p.error(
-            "flags after -- are pha.train's: leave the PEFT baselines out (--methods) of a "
-            "variant, or run benchmarks/baselines.py directly"
-        )
     return args
 
 

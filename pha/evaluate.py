@@ -1,9 +1,10 @@
 """Evaluation: per-task metrics of a PHAModel on a split, and the metrics table.
 
     python -m pha.evaluate RUN_DIR [--split test|validation] [--batch-size N]
+    python -m pha.evaluate RUN_DIR --no-task-ids [--csv results/task_free_inference.csv]
 
 re-loads a run written by `python -m pha.train` (its resolved config and adapter) and
-prints the table.
+prints the table; --no-task-ids: inference without task ids (pha.task_free).
 """
 
 from __future__ import annotations
@@ -29,9 +30,16 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 @torch.no_grad()
-def predict(model, collator: Collator, items: list[tuple[int, dict]], batch_size: int) -> list:
-    """Predictions (class ids, or floats for regression) for [(task_id, example)]."""
+def predict(
+    model, collator: Collator, items: list[tuple[int, dict]], batch_size: int, task_ids: bool = True
+) -> list:
+    """Predictions (class ids, or floats for regression) for [(task_id, example)].
+
+    task_ids=False: the model is not told the task; a method with prototypes retrieves it
+    (the nearest prototype picks the adapters and, on encoders, the head). A class the
+    instance's own task does not have is predicted as -1 (wrong everywhere)."""
     _check_batch_size(batch_size)
+    keys = ("input_ids", "attention_mask") + (("task_ids",) if task_ids else ())
     was_training = model.training
     model.eval()
     out = []
@@ -39,12 +47,12 @@ def predict(model, collator: Collator, items: list[tuple[int, dict]], batch_size
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             batch = collator(chunk, generate=True)
-            inputs = {
-                k: batch[k].to(model.device) for k in ("input_ids", "attention_mask", "task_ids")
-            }
+            inputs = {k: batch[k].to(model.device) for k in keys}
             if collator.kind == "encoder":
                 logits = model(**inputs).logits  # columns a task does not have hold the dtype's min
-                out.extend(logits.argmax(-1).tolist())
+                preds = logits.argmax(-1).tolist()
+                sizes = [collator.tasks[t].num_labels for t, _ in chunk]
+                out.extend(p if p < n else -1 for p, n in zip(preds, sizes))
             else:
                 out.extend(_generate(model, collator, chunk, inputs))
     finally:
@@ -144,7 +152,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("run_dir", help="an output directory of python -m pha.train")
     p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument(
+        "--no-task-ids",
+        action="store_true",
+        help="pha: per task the nearest-prototype retrieval accuracy and the metrics with the "
+        "task retrieved, beside those with the task ids given (pha.task_free)",
+    )
+    p.add_argument("--csv", help="--no-task-ids: append the rows to this CSV")
     args = p.parse_args(argv)
+    if args.csv and not args.no_task_ids:
+        p.error("--csv goes with --no-task-ids")
     try:
         cfg = read_run_config(args.run_dir)
         base, tokenizer, kind = load_backbone(cfg["model"])
@@ -152,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         _check_run_matches_adapter(args.run_dir, cfg, model)
         data = load_tasks(model.tasks, cfg["n_train"], cfg["n_eval"], cfg["seed"])
         collator = Collator(tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"])
+        if args.no_task_ids:
+            return _task_free(args, cfg, model, collator, data)
         per_task = evaluate(model, collator, data, args.split, args.batch_size)
     except (ValueError, OSError, CheckpointError) as e:
         if os.environ.get("PHA_DEBUG") == "1":
@@ -160,6 +179,16 @@ def main(argv: list[str] | None = None) -> dict:
     avg = metrics.average(per_task)
     print(format_table(per_task, avg), file=sys.stdout)
     return {"tasks": per_task, "average": avg}
+
+
+def _task_free(args, cfg: dict, model, collator: Collator, data: MultiTaskData) -> dict:
+    from .task_free import append_csv, csv_rows, evaluate_task_free, format_task_free
+
+    results = evaluate_task_free(model, collator, data, args.split, args.batch_size)
+    print(format_task_free(results), file=sys.stdout)
+    if args.csv:
+        append_csv(args.csv, csv_rows(args.run_dir, cfg["task_prefix"], results))
+    return {"tasks": results}
 
 
 if __name__ == "__main__":

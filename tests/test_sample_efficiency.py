@@ -99,8 +99,6 @@ def test_label_names_a_variant_of_one_method(study, tmp_path, capsys):
     assert "hf-zero n_train=32 seed=0" in capsys.readouterr().out  # not the plain method's run
     with pytest.raises(SystemExit):
         study.parse_args(["--methods", "pha,adapter", "--label", "x"])
-    with pytest.raises(SystemExit):  # pha.train flags cannot go to baselines.py
-        study.parse_args(["--methods", "pha,lora", "--", "--lr", "1e-4"])
 
 
 def test_cell_flags_pass_only_what_differs_per_cell(study):
