@@ -48,10 +48,19 @@ task-name prefix (a run trained with --task-prefix false):
     python -m pha.evaluate runs/sample_efficiency/pha-noprefix-n100-s0 --no-task-ids \\
         --csv results/task_free_inference.csv
 
---report reads only the CSVs (--out, --transfer-out, and results/task_free_inference.csv
-when present) and writes results/sample_efficiency.md with sample_efficiency.png (average
-over tasks vs n_train, one line per method, 95% CI bands) and sample_efficiency_tasks.png
-(the same per task). Statistics: mean ± sample std and the 95% t interval over seeds;
+The paper's regime, on the text-to-text decoder smollm2 (shared LM head), in its own CSV
+and run directory, beside the MiniLM grid:
+
+    python benchmarks/sample_efficiency.py --model smollm2 --methods pha,adapter \
+        --n-train 32,100 --seeds 0,1,2 --tasks tweet_sentiment,rt_polarity,rt_subjectivity,bbc_topic \
+        --out results/sample_efficiency_smollm2.csv --runs-dir runs/sample_efficiency_smollm2
+    python benchmarks/sample_efficiency.py --report --out results/sample_efficiency_smollm2.csv \
+        --transfer-out none --task-free-csv none
+
+--report reads only the CSVs (--out, and --transfer-out and --task-free-csv when they
+exist) and writes, named after --out, results/sample_efficiency.md with
+sample_efficiency.png (average over tasks vs n_train, one line per method, 95% CI bands)
+and sample_efficiency_tasks.png (the same per task), and few_shot_transfer.png. Statistics: mean ± sample std and the 95% t interval over seeds;
 --reference (pha) − each other method paired by seed (same seed = same training
 examples): mean difference, 95% CI, paired t-test p-value, significant at 0.05; the same
 per task, and paired by task (seed-averaged per-task scores).
@@ -277,12 +286,20 @@ def command(flags: list[str], out_dir: Path) -> list[str]:
 
 
 def run_flags(flags: list[str], out_dir: Path) -> dict:
-    """Run (or resume) one run into out_dir; returns its metrics.json. A finished run with
-    the same flags (study_flags.json) is not run again."""
+    """Run (or resume) one run into out_dir; returns its metrics.json. The flags are kept in
+    out_dir/study_flags.json: a finished run with the same flags is not run again, an
+    interrupted one resumes, and a directory of another run is refused (its checkpoints
+    or metrics would be taken for this run's)."""
     marker = out_dir / "study_flags.json"
     metrics_path = out_dir / "metrics.json"
-    if metrics_path.exists() and marker.exists() and json.loads(marker.read_text()) == flags:
+    same = marker.exists() and json.loads(marker.read_text()) == flags
+    if same and metrics_path.exists():
         return json.loads(metrics_path.read_text())
+    if not same and out_dir.exists() and any(out_dir.iterdir()):
+        raise SystemExit(
+            f"{out_dir} holds another run (its study_flags.json is missing or differs from "
+            f"{flags}): move it away or pass another --runs-dir"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path.unlink(missing_ok=True)
     marker.write_text(json.dumps(flags))
@@ -454,7 +471,8 @@ def run_transfer(args: argparse.Namespace) -> None:
             continue
         if arm == "pha_transfer":
             source = args.runs_dir / f"pha-n{args.source_n_train}-s{seed}"
-            if not (source / "metrics.json").exists():  # never trained here: no two workers race
+            finished = (source / "metrics.json").exists() and (source / "study_flags.json").exists()
+            if not finished:  # never trained here: no two workers race
                 raise SystemExit(
                     f"transfer source {source} is not finished: run the grid first "
                     f"(--methods pha --n-train {args.source_n_train} --seeds {seed})"

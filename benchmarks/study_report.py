@@ -273,34 +273,36 @@ def task_free_section(rows: list[dict]) -> list[str]:
 
 
 def report(args: argparse.Namespace) -> str:
-    """results/sample_efficiency.md (printed too) and the plots, next to --out."""
+    """STEM.md (printed too), STEM.png and STEM_tasks.png next to --out (STEM: its name
+    without .csv, so results/sample_efficiency.md by default), and the transfer plot
+    next to --transfer-out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = args.out.parent
+    stem = args.out.with_suffix("")
     rows = read_rows(args.out)
     lines = ["# Sample efficiency", "", f"From {args.out.name}; {args.reference} is paired "
              "against each method on the same seeds (the same training examples).", ""]  # fmt: skip
     lines += study_section(rows, "n_train", "n", args.reference, args.metric)
     cells = collect(rows, "n_train", args.metric)
     ylabel = f"test {args.metric} (%)"
-    plot_average(plt, task_average(cells), args.reference, out_dir / "sample_efficiency.png",
+    plot_average(plt, task_average(cells), args.reference, stem.with_name(stem.name + ".png"),
                  "training examples per task", f"average {ylabel}")  # fmt: skip
-    plot_tasks(plt, cells, args.reference, out_dir / "sample_efficiency_tasks.png",
+    plot_tasks(plt, cells, args.reference, stem.with_name(stem.name + "_tasks.png"),
                "training examples per task", ylabel)  # fmt: skip
     if args.transfer_out.exists():
         t_rows = read_rows(args.transfer_out)
         lines += ["", "## Few-shot transfer to held-out tasks", ""]
         lines += study_section(t_rows, "k_shot", "k", "pha_transfer", args.metric)
         plot_average(plt, task_average(collect(t_rows, "k_shot", args.metric)), "pha_transfer",
-                     out_dir / "few_shot_transfer.png", "examples per held-out task (k)",
+                     args.transfer_out.with_suffix(".png"), "examples per held-out task (k)",
                      f"average {ylabel}")  # fmt: skip
     if args.task_free_csv.exists():
         lines += ["", "## Inference without task ids (nearest prototype)", ""]
         lines += task_free_section(read_rows(args.task_free_csv))
     text = "\n".join(lines) + "\n"
     print(text)
-    write_text(out_dir / "sample_efficiency.md", text)
+    write_text(stem.with_name(stem.name + ".md"), text)
     return text

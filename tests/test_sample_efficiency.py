@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_utils import pha_cache, tiny_bert  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -267,9 +268,9 @@ def test_report_averages_tasks_per_seed_then_seeds_and_pairs_by_seed(study, tmp_
     assert "| adapter | 32 | +21.7 | " in table and f"| {p_task:.3f} | no | 2 |" in table
     assert "| t2 | 32 | 90.0 ± 10.0 | 58.3 ± 7.6 |" in table  # per task, reference first
     assert "Average validation accuracy" in table and "99.0" in table  # the validation table
-    assert table in (tmp_path / "sample_efficiency.md").read_text() + "\n"
-    assert (tmp_path / "sample_efficiency.png").stat().st_size > 0
-    assert (tmp_path / "sample_efficiency_tasks.png").stat().st_size > 0
+    assert table in (tmp_path / "se.md").read_text() + "\n"  # named after the CSV
+    assert (tmp_path / "se.png").stat().st_size > 0
+    assert (tmp_path / "se_tasks.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="has no 'macro_f1' score"):
         study.main([*args, "--metric", "macro_f1"])
 
@@ -292,7 +293,7 @@ def test_report_includes_transfer_and_task_free_tables(study, tmp_path, capsys):
     )
     assert "| fresh_adapter | 4 | +15.0 |" in text
     assert "| runs/pha | t1 | True | 95.0 | accuracy | 80.0 | 78.0 |" in text
-    assert (tmp_path / "few_shot_transfer.png").stat().st_size > 0
+    assert (tmp_path / "t.png").stat().st_size > 0
 
 
 def test_a_run_missing_the_metric_for_one_task_is_an_error(study):
@@ -303,3 +304,43 @@ def test_a_run_missing_the_metric_for_one_task_is_an_error(study):
         SystemExit, match=r"run \('pha', 32, seed 1\) has no 'macro_f1' score for tasks \['t2'\]"
     ):
         study.study_report.collect(rows, "n_train", "macro_f1")
+
+
+# ---- end to end on a tiny model --------------------------------------------------------
+
+
+def test_grid_cell_and_its_rerun_from_the_recorded_flags(
+    study,
+    tiny_bert,  # noqa: F811
+    pha_cache,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    out, runs = tmp_path / "se.csv", tmp_path / "runs"
+    grid = ["--out", str(out), "--runs-dir", str(runs), "--model", str(tiny_bert), "--tasks",
+            "rt_polarity,bbc_topic", "--methods", "pha", "--n-train", "8", "--seeds", "0",
+            "--", "--max-steps", "2", "--n-eval", "8", "--max-length", "32"]  # fmt: skip
+    study.main(grid)
+    rows = study.read_rows(out)
+    assert {(r["split"], r["task"]) for r in rows} == {
+        (s, t) for s in ("validation", "test") for t in ("rt_polarity", "bbc_topic")
+    }
+    flags = json.loads(rows[0]["config"])
+    assert flags == ["--method", "pha", "--model", str(tiny_bert), "--tasks",
+                     "rt_polarity,bbc_topic", "--n-train", "8", "--seed", "0",
+                     "--max-steps", "2", "--n-eval", "8", "--max-length", "32"]  # fmt: skip
+    study.main(grid)  # resumable: a finished cell is not run again
+    assert "0 runs to do" in capsys.readouterr().out and len(study.read_rows(out)) == len(rows)
+    result = study.main(["--rerun", "pha,8,0", "--out", str(out), "--runs-dir", str(runs)])
+    assert (runs / "rerun" / "pha-n8-s0" / "metrics.json").exists()
+    assert result["new"] == pytest.approx(result["old"], abs=1e-9)  # same machine: identical
+    with pytest.raises(SystemExit, match="holds another run"):  # never mixed with other flags
+        study.run_flags([*flags, "--lr", "1e-4"], runs / "pha-n8-s0")
+
+
+def test_a_directory_of_another_run_is_refused(study, tmp_path):
+    old = tmp_path / "pha-n100-s0"
+    old.mkdir()
+    (old / "checkpoint-00000050.pt").write_text("")  # e.g. a run of an earlier study
+    with pytest.raises(SystemExit, match="holds another run"):
+        study.run_flags(["--method", "pha"], old)
