@@ -69,10 +69,7 @@ per task, and paired by task (seed-averaged per-task scores).
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
 import json
-import os
 import subprocess
 import sys
 import time
@@ -239,25 +236,13 @@ def _done(path: Path, key_fields: tuple[str, ...], tasks: list[str]) -> set[tupl
 
 
 def append_rows(path: Path, rows: list[dict], fields: list[str]) -> None:
-    """Append under an exclusive lock (shards share the file); the header is written by
-    whoever finds the file empty, and a file with another header is refused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        if f.seek(0, os.SEEK_END) == 0:  # the size now, under the lock
-            csv.writer(f).writerow(fields)
-        else:
-            f.seek(0)
-            header = next(csv.reader(f), [])
-            if header != fields:
-                raise SystemExit(
-                    f"{path}: columns {header}, expected {fields}: move the old file away "
-                    "or pass another --out / --transfer-out"
-                )
-            f.seek(0, os.SEEK_END)
-        csv.DictWriter(f, fieldnames=fields).writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append under a lock (shards share the file); a file of other columns is refused."""
+    from pha.task_free import append_csv
+
+    try:
+        append_csv(path, rows, fields)
+    except ValueError as e:
+        raise SystemExit(f"{e} (--out / --transfer-out)") from None
 
 
 def metric_rows(metrics: dict, keys: dict, flags: list[str]) -> list[dict]:

@@ -83,22 +83,26 @@ def csv_rows(run: str, prefix: bool, results: dict[str, dict]) -> list[dict]:
     ]  # fmt: skip
 
 
-def append_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append under an exclusive lock (several evaluations may share the file); a file with
-    other columns is refused."""
+def append_csv(path: str | os.PathLike, rows: list[dict], fields: list[str] = CSV_FIELDS) -> None:
+    """Append rows under an exclusive lock (several processes may share the file); the
+    header is written by whoever finds the file empty, and a file with other columns is
+    refused."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+", newline="") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        if f.seek(0, os.SEEK_END) == 0:
-            csv.writer(f).writerow(CSV_FIELDS)
+        if f.seek(0, os.SEEK_END) == 0:  # the size now, under the lock
+            csv.writer(f).writerow(fields)
         else:
             f.seek(0)
             header = next(csv.reader(f), [])
-            if header != CSV_FIELDS:
-                raise ValueError(f"--csv: {path} has columns {header}, expected {CSV_FIELDS}")
+            if header != fields:
+                raise ValueError(
+                    f"{path} has columns {header}, expected {fields}: move the old file away "
+                    "or write to another one"
+                )
             f.seek(0, os.SEEK_END)
-        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerows(rows)
+        csv.DictWriter(f, fieldnames=fields).writerows(rows)
         f.flush()
         os.fsync(f.fileno())
 
