@@ -43,10 +43,12 @@ task-name prefix (a run trained with --task-prefix false):
 
     python benchmarks/sample_efficiency.py --label pha-noprefix --methods pha \\
         --n-train 100 --seeds 0,1,2 -- --task-prefix false
-    python -m pha.evaluate runs/sample_efficiency/pha-n100-s0 --no-task-ids \\
-        --csv results/task_free_inference.csv
-    python -m pha.evaluate runs/sample_efficiency/pha-noprefix-n100-s0 --no-task-ids \\
-        --csv results/task_free_inference.csv
+    python benchmarks/sample_efficiency.py --task-free --methods pha --n-train 100 --seeds 0,1,2
+    python benchmarks/sample_efficiency.py --task-free --label pha-noprefix --methods pha \\
+        --n-train 100 --seeds 0,1,2
+
+which run, per finished run, `python -m pha.evaluate RUN --no-task-ids --csv
+results/task_free_inference.csv`.
 
 The paper's regime, on the text-to-text decoder smollm2 (shared LM head), in its own CSV
 and run directory, beside the MiniLM grid:
@@ -199,6 +201,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--transfer", action="store_true", help="run the few-shot transfer grid")
     mode.add_argument("--report", action="store_true", help="write tables and plots from the CSVs")
     mode.add_argument("--rerun", type=_cell_arg, metavar="METHOD,N,SEED", help="re-run one cell")
+    mode.add_argument(
+        "--task-free",
+        action="store_true",
+        help="pha.evaluate --no-task-ids on the grid's finished runs of --methods (or --label) "
+        "x --n-train x seeds, rows to --task-free-csv",
+    )
     p.add_argument(
         "train_args",
         nargs=argparse.REMAINDER,
@@ -420,6 +428,28 @@ def rerun(args: argparse.Namespace) -> dict:
     return {"old": old, "new": new}
 
 
+# ---- inference without task ids -------------------------------------------------------
+
+
+def run_task_free(args: argparse.Namespace) -> None:
+    """Evaluate the grid's finished runs without task ids (runs already in the CSV skipped)."""
+    done = set()
+    if args.task_free_csv.exists():
+        done = {r["run"] for r in read_rows(args.task_free_csv)}
+    for method, n, seed in plan(args):
+        run_dir = args.runs_dir / f"{_name(args, method)}-n{n}-s{seed}"
+        if str(run_dir) in done:
+            continue
+        if not (run_dir / "metrics.json").exists():
+            print(f"  {run_dir}: not finished, skipped", flush=True)
+            continue
+        cmd = [sys.executable, "-m", "pha.evaluate", str(run_dir), "--no-task-ids",
+               "--csv", str(args.task_free_csv)]  # fmt: skip
+        print("$", " ".join(cmd), flush=True)
+        if not args.plan:
+            subprocess.run(cmd, check=True, cwd=ROOT)
+
+
 # ---- few-shot transfer -----------------------------------------------------------------
 
 
@@ -476,6 +506,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         return rerun(args)
     elif args.transfer:
         run_transfer(args)
+    elif args.task_free:
+        run_task_free(args)
     else:
         run_grid(args)
 

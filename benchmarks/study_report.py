@@ -63,12 +63,13 @@ def one_task(cells: Cells, task: str) -> Scores:
     return {key: v for key, v in out.items() if v}
 
 
-def by_task(cells: Cells, key: tuple[str, int]) -> dict[str, float]:
-    """Per task the mean over seeds (pairs methods by task)."""
+def by_task(cells: Cells, key: tuple[str, int], seeds: set[str]) -> dict[str, float]:
+    """Per task the mean over `seeds` (pairs methods by task, on the seeds both have)."""
     scores: dict[str, list[float]] = defaultdict(list)
-    for per_task in cells.get(key, {}).values():
-        for task, value in per_task.items():
-            scores[task].append(value)
+    for seed, per_task in cells.get(key, {}).items():
+        if seed in seeds:
+            for task, value in per_task.items():
+                scores[task].append(value)
     return {t: mean(v) for t, v in scores.items()}
 
 
@@ -119,14 +120,17 @@ def seed_pairs(scores: Scores, reference: str) -> dict:
 
 
 def task_pairs(cells: Cells, reference: str) -> dict:
-    """(other, size) -> the reference − other difference paired by task (seed means)."""
+    """(other, size) -> the reference − other difference paired by task (means over the
+    seeds both have)."""
     scores = task_average(cells)
-    return {
-        (m, n): paired(by_task(cells, (reference, n)), by_task(cells, (m, n)))
-        for m in _methods(scores, reference)[1:]
-        for n in _sizes(scores)
-        if (reference, n) in scores and (m, n) in scores
-    }
+    out = {}
+    for m in _methods(scores, reference)[1:]:
+        for n in _sizes(scores):
+            if (reference, n) in scores and (m, n) in scores:
+                seeds = set(cells[(reference, n)]) & set(cells[(m, n)])
+                ref, other = by_task(cells, (reference, n), seeds), by_task(cells, (m, n), seeds)
+                out[(m, n)] = paired(ref, other)
+    return out
 
 
 def per_task_tables(cells: Cells, size_label: str, reference: str) -> list[str]:
@@ -258,16 +262,26 @@ def study_section(
     return lines
 
 
-def task_free_section(rows: list[dict]) -> list[str]:
-    """The pha.evaluate --no-task-ids rows, as written."""
-    lines = [
-        "| run | task | prefix | retrieval accuracy | metric | with task ids | with retrieval |"
-    ]
-    lines.append("|---" * 7 + "|")
+def task_free_section(rows: list[dict], metric: str) -> list[str]:
+    """pha.evaluate --no-task-ids rows: per input prefix and task, the mean over runs of the
+    retrieval accuracy and of `metric` with the task ids given / found by retrieval."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
-        cells = [r["run"], r["task"], r["prefix"], f"{100 * float(r['retrieval_accuracy']):.1f}",
-                 r["metric"], f"{100 * float(r['with_task_ids']):.1f}",
-                 f"{100 * float(r['with_retrieval']):.1f}"]  # fmt: skip
+        if r["metric"] == metric:
+            groups[(r["prefix"], r["task"])].append(r)
+            groups[(r["prefix"], "average")].append(r)
+    lines = [f"Mean over runs (%); {metric} with the task ids given and with the task found "
+             "by the nearest prototype:", "",
+             f"| task-name prefix | task | runs | retrieval accuracy | {metric}, ids given | "
+             f"{metric}, task retrieved |", "|---" * 6 + "|"]  # fmt: skip
+    for (prefix, task), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "average", kv[0][1])
+    ):
+        runs = len({r["run"] for r in group})
+        cells = [prefix, task, str(runs)] + [
+            f"{100 * mean(float(r[k]) for r in group):.1f}"
+            for k in ("retrieval_accuracy", "with_task_ids", "with_retrieval")
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -301,7 +315,7 @@ def report(args: argparse.Namespace) -> str:
                      f"average {ylabel}")  # fmt: skip
     if args.task_free_csv.exists():
         lines += ["", "## Inference without task ids (nearest prototype)", ""]
-        lines += task_free_section(read_rows(args.task_free_csv))
+        lines += task_free_section(read_rows(args.task_free_csv), args.metric)
     text = "\n".join(lines) + "\n"
     print(text)
     write_text(stem.with_name(stem.name + ".md"), text)

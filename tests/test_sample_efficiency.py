@@ -283,7 +283,9 @@ def test_report_includes_transfer_and_task_free_tables(study, tmp_path, capsys):
               for seed in (0, 1) for arm, score in (("pha_transfer", 0.6 + seed / 10), ("fresh_adapter", 0.5))]  # fmt: skip
     study.append_rows(t_out, t_rows, study.TRANSFER_FIELDS)
     free.write_text("run,task,prefix,retrieval_accuracy,metric,with_task_ids,with_retrieval\n"
-                    "runs/pha,t1,True,0.95,accuracy,0.8,0.78\n")  # fmt: skip
+                    "runs/a,t1,True,0.95,accuracy,0.8,0.78\nruns/b,t1,True,0.85,accuracy,0.7,0.6\n"
+                    "runs/a,t2,True,1.0,accuracy,0.6,0.6\nruns/a,t1,True,0.95,macro_f1,0.1,0.1\n"
+                    "runs/c,t1,False,0.5,accuracy,0.8,0.4\n")  # fmt: skip
     study.main(["--report", "--out", str(out), "--transfer-out", str(t_out), "--task-free-csv",
                 str(free), "--metric", "accuracy"])  # fmt: skip
     text = capsys.readouterr().out
@@ -292,7 +294,9 @@ def test_report_includes_transfer_and_task_free_tables(study, tmp_path, capsys):
         and "| fresh_adapter | 50.0 ± 0.0 [50.0, 50.0] |" in text
     )
     assert "| fresh_adapter | 4 | +15.0 |" in text
-    assert "| runs/pha | t1 | True | 95.0 | accuracy | 80.0 | 78.0 |" in text
+    assert "| True | t1 | 2 | 90.0 | 75.0 | 69.0 |" in text  # mean over runs a and b
+    assert "| True | average | 2 | 93.3 | 70.0 | 66.0 |" in text  # over (run, task) rows
+    assert "| False | t1 | 1 | 50.0 | 80.0 | 40.0 |" in text
     assert (tmp_path / "t.png").stat().st_size > 0
 
 
@@ -344,3 +348,30 @@ def test_a_directory_of_another_run_is_refused(study, tmp_path):
     (old / "checkpoint-00000050.pt").write_text("")  # e.g. a run of an earlier study
     with pytest.raises(SystemExit, match="holds another run"):
         study.run_flags(["--method", "pha"], old)
+
+
+def test_task_free_evaluates_each_finished_run_once(study, tmp_path, capsys):
+    runs, free = tmp_path / "runs", tmp_path / "free.csv"
+    (runs / "pha-noprefix-n100-s0").mkdir(parents=True)
+    (runs / "pha-noprefix-n100-s0" / "metrics.json").write_text("{}")
+    args = ["--task-free", "--plan", "--label", "pha-noprefix", "--methods", "pha", "--n-train",
+            "100", "--seeds", "0,1", "--runs-dir", str(runs), "--task-free-csv", str(free)]  # fmt: skip
+    study.main(args)
+    printed = capsys.readouterr().out
+    assert f"pha.evaluate {runs / 'pha-noprefix-n100-s0'} --no-task-ids --csv {free}" in printed
+    assert "pha-noprefix-n100-s1: not finished, skipped" in printed
+    free.write_text(f"run,task\n{runs / 'pha-noprefix-n100-s0'},t\n")
+    study.main(args)
+    assert "pha.evaluate" not in capsys.readouterr().out  # already in the CSV
+
+
+def test_pairing_by_task_uses_the_seeds_both_methods_have(study):
+    report = study.study_report
+    cells = {
+        ("pha", 16): {"0": {"t1": 0.6, "t2": 0.8}},
+        ("adapter", 16): {"0": {"t1": 0.5, "t2": 0.5}, "1": {"t1": 0.9, "t2": 0.9}},
+    }
+    d = report.task_pairs(cells, "pha")[("adapter", 16)]
+    assert d.diff.n == 2 and d.diff.mean == pytest.approx(0.2)  # seed 1 left out: 0.1, 0.3
+    by_seed = report.seed_pairs(report.task_average(cells), "pha")[("adapter", 16)]
+    assert by_seed.diff.n == 1 and by_seed.diff.mean == pytest.approx(0.2)
