@@ -1,10 +1,9 @@
 """What pha writes to disk, written so that nothing is lost or silently wrong:
 
-- atomic writes: a file goes to a temporary name in the same directory, is fsync'd and
-  renamed into place (`atomic_write`), a directory is built aside and swapped in
-  (`atomic_directory`); a process killed or a disk filled at any moment leaves the previous
-  file or the new one, never a torn one, and a failed write raises an OutputError naming
-  the file;
+- atomic writes: files go to temporary names in the same directory, are fsync'd and
+  renamed into place once all are written (`atomic_write_files`); a process killed or a
+  disk filled at any moment leaves the previous file or the new one, never a torn one,
+  and a failed write raises an OutputError naming the file;
 - checksums: checkpoints carry the sha256 of their payload and saved adapters a
   `checksums.sha256` manifest (`sha256sum -c` format); loading verifies them;
 - one run per output directory (`lock_output_dir`), which also clears the temporary files
@@ -24,11 +23,9 @@ import logging
 import os
 import random
 import re
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -45,9 +42,8 @@ CHECKSUMS_NAME = "checksums.sha256"
 LOCK_NAME = ".pha.lock"
 # Temporary names: "." + the target's name + "-" + random + ".tmp" (see _temp_name); only
 # those of pha's outputs are cleared (an output directory may hold the user's files).
-_TEMP = re.compile(
-    r"^\.(checkpoint|adapter|metrics\.json|config\.json|write-probe)[-.][\w.-]*\.tmp$"
-)
+_OUTPUTS = r"checkpoint|metrics\.json|config\.json|pha_config\.json|adapter_model\.safetensors"
+_TEMP = re.compile(rf"^\.({_OUTPUTS}|checksums\.sha256|write-probe)[-.][\w.-]*\.tmp$")
 
 
 class CheckpointError(RuntimeError):
@@ -83,12 +79,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def ensure_directory(path: str | os.PathLike, what: str) -> Path:
-    """Create the directory `path` (and its parents) or raise an OutputError saying why
-    `what` (e.g. "--output-dir") cannot live there."""
+def check_output_path(path: str | os.PathLike, what: str) -> None:
+    """Without writing anything lasting: can `path` be (or become) a directory we write in?
+    An OutputError names the file in the way or why its nearest existing ancestor is not
+    writable."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what}: {path} is a file, expected a directory")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{what}: {path} cannot be created: {ancestor} is a file")
+    check_writable(ancestor, what)
+
+
+def ensure_directory(path: str | os.PathLike, what: str) -> Path:
+    """Create the directory `path` (and its parents) or raise an OutputError saying why
+    `what` (e.g. "--output-dir") cannot live there."""
+    check_output_path(path, what)
+    path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -111,83 +121,60 @@ def _temp_name(target: Path) -> str:
     return f".{target.name}-"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write `path` through a temporary file (write(f) fills it), fsync and rename it into
-    place. On any failure the temporary file is removed, `path` is left as it was, and an
-    OSError becomes an OutputError naming `path`."""
-    target = Path(path)
-    tmp = None
+def _write_temp(target: Path, data: bytes) -> str:
+    """`data` in a fsync'd temporary file beside `target`; returns its path."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-        tmp = None
-        _fsync_dir(target.parent)
-    except OSError as e:
-        raise OutputError(f"cannot write {target}: {_why(e)}; it was left as it was") from e
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `path`; when the block succeeds it
-    replaces `path` (the old one is removed after the swap), when it fails it is removed
-    and `path` is left as it was."""
-    target = Path(path)
+def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Write the files {name: data} of `directory` all or nothing: each goes to a fsync'd
+    temporary file first, and only once all are written are they renamed into place, in
+    order (put a checksum manifest last: it seals the set). A failure (disk full,
+    read-only) raises an OutputError naming the file, with nothing replaced."""
+    d = Path(directory)
+    temps: dict[str, str] = {}
+    name, replacing = "", False
     try:
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp"))
+        for name, data in files.items():
+            temps[name] = _write_temp(d / name, data)
+        replacing = True
+        for name in list(temps):
+            os.replace(temps.pop(name), d / name)
+        _fsync_dir(d)
     except OSError as e:
-        raise OutputError(f"cannot write {target}: {_why(e)}; it was left as it was") from e
-    old = None
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
-        if target.exists():  # rename(2) cannot replace a non-empty directory: move it aside
-            old = Path(
-                tempfile.mkdtemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp")
-            )
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError as e:
-        if old is not None and not target.exists():  # put the previous one back
-            os.replace(old / target.name, target)
-        raise OutputError(f"cannot write {target}: {_why(e)}; it was left as it was") from e
+        kept = "partly replaced" if replacing else "nothing was replaced"
+        raise OutputError(f"cannot write {d / name}: {_why(e)}; {kept}") from e
     finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+        for tmp in temps.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write the file `path` atomically (see atomic_write_files)."""
+    path = Path(path)
+    atomic_write_files(path.parent, {path.name: data})
+    return path
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files and directories (".<name>-*.tmp") that a killed writer
-    left in `directory`. Only safe while holding the directory's lock."""
+    """Delete the temporary files (".<name>-*.tmp") that a killed writer left in
+    `directory` and its subdirectories (adapter/). Only safe while holding its lock."""
     d = Path(directory)
-    removed = []
-    for p in d.iterdir() if d.is_dir() else ():
-        if _TEMP.match(p.name):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-            removed.append(p)
+    entries = list(d.iterdir()) if d.is_dir() else []
+    entries += [c for sub in entries if sub.is_dir() for c in sub.iterdir()]
+    removed = [p for p in entries if _TEMP.match(p.name) and p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
     if removed:
         log.info("removed %d temporary files left by an interrupted run in %s", len(removed), d)
     return removed
@@ -222,11 +209,11 @@ def lock_output_dir(directory: str | os.PathLike, what: str = "--output-dir") ->
 # ---- checksums of saved adapters ---------------------------------------------------------
 
 
-def write_checksums(directory: str | os.PathLike, names: list[str]) -> None:
-    """Write `checksums.sha256` in `directory` for the files `names` (sha256sum format)."""
-    d = Path(directory)
-    lines = "".join(f"{sha256_file(d / n)}  {n}\n" for n in names)
-    (d / CHECKSUMS_NAME).write_text(lines)
+def checksum_manifest(files: dict[str, bytes]) -> bytes:
+    """The checksums.sha256 of the files {name: data} (sha256sum format)."""
+    return "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {n}\n" for n, data in files.items()
+    ).encode()
 
 
 def verify_checksums(directory: str | os.PathLike, names: list[str]) -> None:
@@ -317,11 +304,7 @@ def save_checkpoint(directory: str | os.PathLike, step: int, state: dict, keep_l
     payload = buffer.getvalue()
     header = f"pha-checkpoint {FORMAT} sha256={hashlib.sha256(payload).hexdigest()}\n".encode()
 
-    def write(f: BinaryIO) -> None:
-        f.write(header)
-        f.write(payload)
-
-    target = atomic_write(checkpoint_path(d, step), write)
+    target = atomic_write(checkpoint_path(d, step), header + payload)
     for old in list_checkpoints(d)[:-keep_last]:
         old.unlink()
     return target

@@ -20,6 +20,8 @@ import torch
 from .checkpoint import CheckpointError
 from .data import Collator, MultiTaskData, metrics, parse_answer
 
+MAX_NEW_TOKENS = 8  # generated per answer by text-to-text models
+
 # What pha.evaluate reads from a run's config.json.
 RUN_KEYS = ("method", "model", "tasks", "n_train", "n_eval", "seed", "max_length", "task_prefix")
 
@@ -62,7 +64,9 @@ def predict(
 
 def _generate(model, collator: Collator, chunk, inputs) -> list:
     tok = collator.tokenizer
-    ids = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    ids = model.generate(
+        **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id
+    )
     if collator.kind == "decoder":  # the output repeats the (left-padded) prompt
         ids = ids[:, inputs["input_ids"].shape[1] :]
     texts = tok.batch_decode(ids, skip_special_tokens=True)

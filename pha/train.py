@@ -6,7 +6,8 @@ examples each; prints the per-task test metrics and writes to OUTPUT_DIR:
   metrics.json  {"tasks": {task: {metric: value}}, "average": float, "step": int,
                  "validation": {...}}: the test metrics of the checkpoint chosen on validation
   adapter/      that checkpoint's adapter (save_pretrained)
-  config.json   the resolved configuration
+  config.json   the resolved configuration (written with metrics.json, last: a run that
+                fails leaves a finished run's config.json, adapter/ and metrics.json as they were)
   log.jsonl     one JSON object per logged training step / validation / test
   checkpoint-<step>.pt   the newest --keep-last checkpoints (for --resume)
 
@@ -36,14 +37,27 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from . import PHAModel, get_model
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    OutputError,
+    atomic_write_files,
+    check_output_path,
+    list_checkpoints,
+    load_checkpoint,
+    lock_output_dir,
+    save_checkpoint,
+)
 from .data import Collator, MixedTaskSampler, head, load_tasks, metrics
-from .evaluate import evaluate, format_table
+from .evaluate import MAX_NEW_TOKENS, evaluate, format_table
 from .hub import load_backbone
 from .methods import METHODS
 from .train_config import ConfigError, TrainConfig, resolve_config
 
-__all__ = ["ConfigError", "TrainConfig", "main", "resolve_config", "run"]
+__all__ = ["ConfigError", "TrainConfig", "TrainingError", "main", "resolve_config", "run"]
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (the loss or the weights became NaN or Inf)."""
 
 
 # ---- distributed ----------------------------------------------------------------------
@@ -83,6 +97,48 @@ def _from_rank_zero(value, world: int):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+# ---- checks before anything is loaded or written ----------------------------------------
+
+
+def _check_output_dir(cfg: TrainConfig) -> None:
+    """--output-dir can be written, and is not the run a transfer reads from."""
+    check_output_path(cfg.output_dir, "--output-dir")
+    if cfg.transfer_from is not None and os.path.realpath(cfg.output_dir) == os.path.realpath(
+        cfg.transfer_from
+    ):
+        raise ConfigError(
+            f"--output-dir: {cfg.output_dir} is the --transfer-from run; choose another "
+            "directory (the transfer would overwrite its source)"
+        )
+
+
+def _check_backend(name: str | None, device: torch.device) -> None:
+    """--backend is known, available here and runs on `device` (before the model loads)."""
+    if name is None:
+        return
+    from .ops import _backend
+
+    try:
+        _backend.resolve(name, device, "supcon")
+    except (ValueError, RuntimeError, NotImplementedError) as e:
+        raise ConfigError(f"--backend: {e}") from None
+
+
+def _check_max_length(cfg: TrainConfig, base, kind: str) -> None:
+    """--max-length fits the model's position embeddings (T5's relative positions have
+    no limit); decoder-only evaluation appends up to MAX_NEW_TOKENS generated tokens."""
+    positions = getattr(base.config, "max_position_embeddings", None) or getattr(
+        base.config, "n_positions", None
+    )
+    needed = cfg.max_length + (MAX_NEW_TOKENS if kind == "decoder" else 0)
+    if positions is not None and needed > positions:
+        extra = f" + {MAX_NEW_TOKENS} generated tokens" if kind == "decoder" else ""
+        raise ConfigError(
+            f"--max-length: {cfg.max_length}{extra} exceeds the {positions} positions of "
+            f"the model {cfg.model}"
+        )
 
 
 # ---- building blocks ------------------------------------------------------------------
@@ -262,6 +318,7 @@ class _Run:
         self.out_dir = Path(cfg.output_dir)
         self.started = time.perf_counter()
         self.log_file = None
+        self.pending: list[str] = []
         if cfg.batch_size % (world * cfg.grad_accum):
             raise ConfigError(
                 f"--batch-size {cfg.batch_size} must be divisible by the {world} processes "
@@ -269,12 +326,26 @@ class _Run:
             )
 
     def log(self, record: dict) -> None:
-        if self.log_file is not None:
-            self.log_file.write(json.dumps({"time": time.time(), **record}) + "\n")
+        """Append to log.jsonl (rank 0); records made before it is open wait in pending."""
+        if not self.main_rank:
+            return
+        self.pending.append(json.dumps({"time": time.time(), **record}) + "\n")
+        if self.log_file is None:
+            return
+        try:
+            self.log_file.writelines(self.pending)
             self.log_file.flush()
+        except OSError as e:
+            raise OutputError(f"cannot write {self.out_dir / 'log.jsonl'}: {e.strerror}") from e
+        self.pending.clear()
 
     def execute(self) -> dict | None:
+        """Everything that can be checked is checked before the first write to
+        --output-dir (a failed run leaves a finished run there as it was): the settings,
+        the output path, the backend, the tasks, the model, a checkpoint to resume."""
         cfg = self.cfg
+        _check_output_dir(cfg)  # on every rank: a rank that raised alone would hang the others
+        _check_backend(cfg.backend, self.device)
         seed_everything(cfg.seed)
         n_train = cfg.k_shot if cfg.transfer_from else cfg.n_train
         with _rank_zero_first(self.rank, self.world):
@@ -282,16 +353,27 @@ class _Run:
             if cfg.n_val is not None:  # a smaller validation set: cheaper model selection
                 data.validation = [head(x, cfg.n_val, "n_val") for x in data.validation]
             base, tokenizer, kind = load_backbone(cfg.model)
-        if self.main_rank:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "config.json", "w") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
-            self.log_file = open(self.out_dir / "log.jsonl", "a")
-        try:
+        _check_max_length(cfg, base, kind)
+        with contextlib.ExitStack() as self.outputs:
             return self._train_and_test(data, base.to(self.device), tokenizer, kind)
-        finally:
-            if self.log_file is not None:
-                self.log_file.close()
+
+    def _open_outputs(self) -> None:
+        """Rank 0 takes --output-dir (a lock held to the end of the run; a second run
+        into it is refused) and opens log.jsonl; every rank stops if it could not."""
+        error = None
+        if self.main_rank:
+            try:
+                self.outputs.enter_context(lock_output_dir(self.out_dir))
+                log_path = self.out_dir / "log.jsonl"
+                try:
+                    self.log_file = self.outputs.enter_context(open(log_path, "a"))
+                except OSError as e:
+                    raise OutputError(f"cannot write {log_path}: {e.strerror}") from e
+            except OutputError as e:
+                error = str(e)
+        error = _from_rank_zero(error, self.world)
+        if error is not None:
+            raise OutputError(error)
 
     def _train_and_test(self, data, base, tokenizer, kind) -> dict | None:
         cfg = self.cfg
@@ -335,6 +417,7 @@ class _Run:
         self.bad_evals = 0
         fingerprint = cfg.fingerprint(self.world)
         start = self._maybe_resume(optimizer, scheduler, sampler, fingerprint)
+        self._open_outputs()
         if start and self.verbose:
             print(f"pha.train: resumed at step {start}")
 
@@ -356,17 +439,22 @@ class _Run:
         micro = iter(loader)
         while step < total:
             model.zero_grad(set_to_none=True)
+            finite = torch.ones((), dtype=torch.bool, device=self.device)
             for _ in range(cfg.grad_accum):
                 batch = next(micro)
                 out = train_model(
                     **{k: v.to(self.device) for k, v in batch.items() if k != "targets"}
                 )
+                finite &= torch.isfinite(out.loss.detach())
                 (out.loss / cfg.grad_accum).backward()
+            self._stop_unless_finite(finite, step + 1, "the loss")
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1
+            # a finite loss with an infinite gradient (e.g. a huge --lr) breaks the weights
+            self._stop_unless_finite(_all_finite(self.params), step, "the weights")
             sampler.step = step
             seen += cfg.batch_size
             if step % cfg.log_every == 0 or step == total:
@@ -397,6 +485,19 @@ class _Run:
                 break
         progress.close()
         return self._test(step)
+
+    def _stop_unless_finite(self, finite: torch.Tensor, step: int, what: str) -> None:
+        """A TrainingError on every rank if `finite` is False on any: a diverged run stops
+        before it writes a checkpoint, an adapter or metrics."""
+        if self.world > 1:
+            flag = finite.to(torch.float32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.bool()
+        if not bool(finite):
+            raise TrainingError(
+                f"{what} became NaN or Inf at step {step}: training diverged (lower --lr "
+                f"{self.cfg.lr}, or keep --grad-clip on); nothing of this step was saved"
+            )
 
     def _validate(self, step: int, progress) -> bool:
         """Score the validation split, keep the best state; returns whether to stop early."""
@@ -442,8 +543,11 @@ class _Run:
             }
             self.log({"event": "test", **result, "elapsed_s": time.perf_counter() - self.started})
             self.model.save_pretrained(self.out_dir / "adapter")
-            with open(self.out_dir / "metrics.json", "w") as f:
-                json.dump(result, f, indent=2)
+            # written last, together: config.json describes the run that wrote adapter/
+            atomic_write_files(self.out_dir, {
+                "config.json": json.dumps(cfg.to_dict(), indent=2).encode(),
+                "metrics.json": json.dumps(result, indent=2).encode(),
+            })  # fmt: skip
             if self.verbose:
                 chosen = (
                     "last" if cfg.select == "last" else f"best on validation {cfg.select_metric}"
@@ -484,6 +588,11 @@ class _Run:
         return int(state["step"])
 
 
+def _all_finite(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """One boolean tensor: every parameter finite (no sync until it is read)."""
+    return torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()
+
+
 def _progress(enabled: bool, start: int, total: int):
     from tqdm.auto import tqdm
 
@@ -502,7 +611,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     and exit code 2 (PHA_DEBUG=1 shows the traceback)."""
     try:
         return run(resolve_config(argv))
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, OSError, CheckpointError, OutputError, TrainingError) as e:
         if os.environ.get("PHA_DEBUG") == "1":
             raise
         print(f"python -m pha.train: error: {e}", file=sys.stderr)

@@ -1,56 +1,16 @@
 """pha.checkpoint: atomic writes under faults (disk full, read-only, a file in the way),
 checksums of checkpoints and adapter files, the output-directory lock, stale temp files."""
 
-import errno
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from fault_utils import fill_disk, read_only, snapshot
 
 from pha import checkpoint
 from pha.checkpoint import CheckpointError, OutputError
-
-
-class _FullDisk:
-    """A file whose writes fail with ENOSPC once `room` bytes are written."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            self.f.write(bytes(data[: self.room]))
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
-def fill_disk(monkeypatch, room=100):
-    real = os.fdopen
-    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real(fd, *a, **k), room))
-
-
-def read_only(monkeypatch):
-    def refuse(*a, **k):
-        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
-    monkeypatch.setattr(checkpoint.tempfile, "mkdtemp", refuse)
-
-
-def snapshot(directory):
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def state(value=1.0):
@@ -118,7 +78,9 @@ def test_read_only_directory_is_named(tmp_path, monkeypatch):
     checkpoint.save_checkpoint(tmp_path, 1, state(), keep_last=1)
     before = snapshot(tmp_path)
     read_only(monkeypatch)
-    with pytest.raises(OutputError, match="checkpoint-00000002.pt: the file system is read-only"):
+    with pytest.raises(
+        OutputError, match=f"cannot write in {tmp_path}: the file system is read-only"
+    ):
         checkpoint.save_checkpoint(tmp_path, 2, state(), keep_last=1)
     with pytest.raises(OutputError, match=f"--output-dir: cannot write in {tmp_path}: the file"):
         checkpoint.check_writable(tmp_path, "--output-dir")
@@ -131,33 +93,35 @@ def test_output_directory_that_is_a_file(tmp_path):
     afile.write_text("x")
     with pytest.raises(OutputError, match=f"--output-dir: {afile} is a file, expected a directory"):
         checkpoint.ensure_directory(afile, "--output-dir")
-    with pytest.raises(OutputError, match="a path component is a file"):
-        checkpoint.ensure_directory(afile / "run", "--output-dir")
+    with pytest.raises(
+        OutputError, match=f"{afile / 'a' / 'run'} cannot be created: {afile} is a file"
+    ):
+        checkpoint.ensure_directory(afile / "a" / "run", "--output-dir")
     assert afile.read_text() == "x"
 
 
 def _write_two(directory, text):
-    (directory / "a.txt").write_text(text)
-    (directory / "b.txt").write_text(text)
-    checkpoint.write_checksums(directory, ["a.txt", "b.txt"])
+    files = {"a.txt": text.encode(), "b.txt": text.encode()}
+    checkpoint.atomic_write_files(
+        directory, {**files, checkpoint.CHECKSUMS_NAME: checkpoint.checksum_manifest(files)}
+    )
 
 
-def test_atomic_directory_replaces_or_keeps(tmp_path, monkeypatch):
-    target = tmp_path / "adapter"
-    with checkpoint.atomic_directory(target) as tmp:
-        _write_two(tmp, "old")
-    with checkpoint.atomic_directory(target) as tmp:
-        _write_two(tmp, "new")
-    assert (target / "a.txt").read_text() == "new"
-    checkpoint.verify_checksums(target, ["a.txt", "b.txt"])
-    # A failure half-way (disk full after the first file) leaves the previous directory.
-    with pytest.raises(OutputError, match="adapter: the disk is full; it was left as it was"):
-        with checkpoint.atomic_directory(target) as tmp:
-            (tmp / "a.txt").write_text("newer")
-            raise OSError(errno.ENOSPC, "No space left on device")
-    assert sorted(os.listdir(tmp_path)) == ["adapter"]
-    assert (target / "a.txt").read_text() == "new"
-    checkpoint.verify_checksums(target, ["a.txt", "b.txt"])
+def test_atomic_write_files_all_or_nothing(tmp_path, monkeypatch):
+    _write_two(tmp_path, "old")
+    _write_two(tmp_path, "new")
+    assert (tmp_path / "a.txt").read_text() == "new"
+    checkpoint.verify_checksums(tmp_path, ["a.txt", "b.txt"])
+    before = snapshot(tmp_path)
+    # The disk fills while the manifest is written: the data files are not replaced either.
+    fill_disk(monkeypatch, room=len("newer"))
+    with pytest.raises(
+        OutputError, match=r"checksums.sha256: the disk is full; nothing was replaced"
+    ):
+        _write_two(tmp_path, "newer")
+    monkeypatch.undo()
+    assert snapshot(tmp_path) == before
+    checkpoint.verify_checksums(tmp_path, ["a.txt", "b.txt"])
 
 
 def test_checksums_name_the_corrupt_or_missing_file(tmp_path, caplog):
@@ -177,16 +141,16 @@ def test_checksums_name_the_corrupt_or_missing_file(tmp_path, caplog):
 
 def test_stale_temp_files_are_cleared_under_the_lock(tmp_path):
     """Issue 15, leftovers: a SIGKILL during a checkpoint write leaves .checkpoint-*.tmp."""
-    stale = [".checkpoint-k2j3h4.tmp", ".checkpoint-00000004.pt-ab_c1.tmp", ".metrics.json-x.tmp"]
-    for name in stale:
+    stale = [".checkpoint-k2j3h4.tmp", ".checkpoint-00000004.pt-ab_c1.tmp", ".metrics.json-x.tmp",
+             "adapter/.adapter_model.safetensors-q9.tmp", "adapter/.checksums.sha256-1.tmp"]  # fmt: skip
+    keep = ["notes.tmp", ".mine-1.tmp", "checkpoint-00000003.pt", "adapter/pha_config.json"]
+    (tmp_path / "adapter").mkdir()
+    for name in stale + keep:
         (tmp_path / name).write_bytes(b"half")
-    (tmp_path / ".adapter-q9.tmp").mkdir()
-    keep = ["notes.tmp", ".mine-1.tmp", "checkpoint-00000003.pt"]
-    for name in keep:
-        (tmp_path / name).write_bytes(b"user")
     with checkpoint.lock_output_dir(tmp_path):
         pass
-    assert sorted(os.listdir(tmp_path)) == sorted(keep + [checkpoint.LOCK_NAME])
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert left == set(keep + [checkpoint.LOCK_NAME])
 
 
 def test_a_second_holder_of_the_output_directory_is_refused(tmp_path):
