@@ -24,8 +24,9 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -121,12 +122,18 @@ def _temp_name(target: Path) -> str:
     return f".{target.name}-"
 
 
-def _write_temp(target: Path, data: bytes) -> str:
+Content = bytes | Callable[[BinaryIO], None]  # the bytes, or a function writing them
+
+
+def _write_temp(target: Path, data: Content) -> str:
     """`data` in a fsync'd temporary file beside `target`; returns its path."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -135,7 +142,7 @@ def _write_temp(target: Path, data: bytes) -> str:
     return tmp
 
 
-def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes]) -> None:
+def atomic_write_files(directory: str | os.PathLike, files: dict[str, Content]) -> None:
     """Write the files {name: data} of `directory` all or nothing: each goes to a fsync'd
     temporary file first, and only once all are written are they renamed into place, in
     order (put a checksum manifest last: it seals the set). A failure (disk full,
@@ -159,11 +166,15 @@ def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes]) ->
                 os.unlink(tmp)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write(path: str | os.PathLike, data: Content) -> Path:
     """Write the file `path` atomically (see atomic_write_files)."""
     path = Path(path)
     atomic_write_files(path.parent, {path.name: data})
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, text.encode())
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
