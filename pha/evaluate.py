@@ -134,6 +134,22 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     return cfg
 
 
+def load_adapter(base_model, directory: str | os.PathLike):
+    """PHAModel.from_pretrained, a damaged file ending in a CheckpointError that names
+    the directory (safetensors and json name no file)."""
+    from safetensors import SafetensorError
+
+    from . import PHAModel
+
+    try:
+        return PHAModel.from_pretrained(base_model, directory)
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"the saved adapter in {directory} cannot be read ({type(e).__name__}: {e}): "
+            "a file is truncated or corrupt"
+        ) from e
+
+
 def _check_run_matches_adapter(run_dir: str, cfg: dict, model) -> None:
     """config.json and adapter/ must describe the same run (a later run that failed may
     have left its own config.json beside an older adapter)."""
@@ -148,7 +164,6 @@ def _check_run_matches_adapter(run_dir: str, cfg: dict, model) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """The command line: a missing or damaged run ends with its message and exit code 2
     (PHA_DEBUG=1 shows the traceback)."""
-    from . import PHAModel
     from .data import load_tasks
     from .hub import load_backbone
 
@@ -169,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         cfg = read_run_config(args.run_dir)
         base, tokenizer, kind = load_backbone(cfg["model"])
-        model = PHAModel.from_pretrained(base, os.path.join(args.run_dir, "adapter"))
+        model = load_adapter(base, os.path.join(args.run_dir, "adapter"))
         _check_run_matches_adapter(args.run_dir, cfg, model)
         data = load_tasks(model.tasks, cfg["n_train"], cfg["n_eval"], cfg["seed"])
         collator = Collator(tokenizer, kind, data.tasks, cfg["max_length"], cfg["task_prefix"])

@@ -48,7 +48,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import Collator, MixedTaskSampler, head, load_tasks, metrics
-from .evaluate import MAX_NEW_TOKENS, evaluate, format_table
+from .evaluate import MAX_NEW_TOKENS, evaluate, format_table, load_adapter
 from .hub import load_backbone
 from .methods import METHODS
 from .train_config import ConfigError, TrainConfig, resolve_config
@@ -191,7 +191,7 @@ def _build_model(cfg: TrainConfig, data, base, tokenizer, kind: str, log) -> PHA
         raise ConfigError(
             f"--transfer-from: {cfg.transfer_from} has no adapter/ (not a finished pha.train run)"
         )
-    model = PHAModel.from_pretrained(base, adapter)
+    model = load_adapter(base, adapter)
     model.config.label_smoothing = cfg.label_smoothing
     model.config.task_loss_reduction = cfg.task_loss_reduction
     collator = Collator(tokenizer, kind, data.tasks, cfg.max_length, cfg.task_prefix)

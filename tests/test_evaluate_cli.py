@@ -71,3 +71,19 @@ def test_config_json_of_another_run_is_refused(run, capsys):
         r"config.json \(method 'pha', tasks \['bbc_topic'\]\) does not describe adapter/",
         capsys,
     )
+
+
+def test_missing_or_unreadable_adapter_files(run, capsys):
+    """Issue 15: missing or truncated adapter files ended in a raw traceback."""
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    _fails_with(
+        [str(run)], r"the saved adapter in .*adapter cannot be read .*truncated or corrupt", capsys
+    )
+    config = run / "adapter" / "pha_config.json"
+    config.write_text('{"method": "pha", ')
+    _fails_with(
+        [str(run)], r"the saved adapter in .*adapter cannot be read \(JSONDecodeError", capsys
+    )
+    shutil.rmtree(run / "adapter")
+    _fails_with([str(run)], r"No such file or directory: .*adapter/pha_config.json", capsys)
