@@ -406,6 +406,23 @@ def average_test(scores: dict[str, dict[str, float]], metric: str) -> float:
     return mean(m[metric] for m in scores.values())
 
 
+RUN_LOCAL = {"output_dir", "resume", "quiet", "backend"}  # where / how a run ran, not what
+
+
+def settings_changed(original: Path, again: Path) -> dict:
+    """{setting: (original, again)} of two pha.train runs' resolved config.json (empty when
+    either has none: a baseline, or the original run directory is not on this machine)."""
+    paths = [original / "config.json", again / "config.json"]
+    if not all(p.exists() for p in paths):
+        return {}
+    a, b = (json.loads(p.read_text()) for p in paths)
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted((set(a) | set(b)) - RUN_LOCAL)
+        if a.get(k) != b.get(k)
+    }
+
+
 def rerun(args: argparse.Namespace) -> dict:
     """Train one cell again from its recorded flags, into RUNS_DIR/rerun/; print the old and
     new average test score."""
@@ -421,7 +438,11 @@ def rerun(args: argparse.Namespace) -> dict:
             "test",
         ):
             old_scores[r["task"]][r["metric"]] = float(r["score"])
-    metrics = run_flags(flags, args.runs_dir / "rerun" / f"{method}-n{n}-s{seed}")
+    out_dir = args.runs_dir / "rerun" / f"{method}-n{n}-s{seed}"
+    metrics = run_flags(flags, out_dir)
+    changed = settings_changed(args.runs_dir / f"{method}-n{n}-s{seed}", out_dir)
+    if changed:  # e.g. a per-method default changed since: the flags no longer say it all
+        print(f"resolved settings differ from the recorded run's config.json: {changed}")
     old, new = average_test(old_scores, args.metric), average_test(metrics["tasks"], args.metric)
     print(f"{method} n_train={n} seed={seed}: average test {args.metric} "
           f"old {100 * old:.2f}, new {100 * new:.2f}, new − old {100 * (new - old):+.2f} points")  # fmt: skip

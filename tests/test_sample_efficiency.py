@@ -338,6 +338,11 @@ def test_grid_cell_and_its_rerun_from_the_recorded_flags(
     result = study.main(["--rerun", "pha,8,0", "--out", str(out), "--runs-dir", str(runs)])
     assert (runs / "rerun" / "pha-n8-s0" / "metrics.json").exists()
     assert result["new"] == pytest.approx(result["old"], abs=1e-9)  # same machine: identical
+    assert "resolved settings differ" not in capsys.readouterr().out
+    config = runs / "pha-n8-s0" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "lr": 0.5}))
+    changed = study.settings_changed(runs / "pha-n8-s0", runs / "rerun" / "pha-n8-s0")
+    assert set(changed) == {"lr"} and changed["lr"][0] == 0.5
     with pytest.raises(SystemExit, match="holds another run"):  # never mixed with other flags
         study.run_flags([*flags, "--lr", "1e-4"], runs / "pha-n8-s0")
 
