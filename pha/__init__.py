@@ -2,31 +2,37 @@
 
 __version__ = "0.1.0"
 
-from . import ops  # noqa: E402
-from .methods import METHODS, PHAModel, PHAOutput, get_model  # noqa: E402
-from .methods.adapter import AdapterConfig  # noqa: E402
-from .methods.full import FullFinetuneConfig  # noqa: E402
-from .methods.hyperdecoder import HyperDecoderConfig  # noqa: E402
-from .methods.hyperformer import HyperFormerConfig  # noqa: E402
-from .methods.linear_probe import LinearProbeConfig  # noqa: E402
-from .methods.pha import PHAConfig  # noqa: E402
+from . import ops
+from .methods import METHODS, MethodConfig
+from .methods.adapter import AdapterConfig, AdapterModel
+from .methods.full import FullFinetuneConfig, FullFinetuneModel
+from .methods.hyperdecoder import HyperDecoderConfig, HyperDecoderModel
+from .methods.hyperformer import HyperFormerConfig, HyperFormerModel
+from .methods.hyperpelt import HyperPELTConfig, HyperPELTModel
+from .methods.linear_probe import LinearProbeConfig, LinearProbeModel
+from .methods.pha import PHAConfig, PrototypeHyperAdapterModel
+from .peft_model import PHAModel, PHAOutput, get_model
 
 __all__ = [
     "METHODS",
     "AdapterConfig",
+    "AdapterModel",
     "FullFinetuneConfig",
+    "FullFinetuneModel",
     "HyperDecoderConfig",
+    "HyperDecoderModel",
     "HyperFormerConfig",
+    "HyperFormerModel",
+    "HyperPELTConfig",
+    "HyperPELTModel",
     "LinearProbeConfig",
+    "LinearProbeModel",
+    "MethodConfig",
     "PHAConfig",
     "PHAModel",
     "PHAOutput",
+    "PrototypeHyperAdapterModel",
     "get_model",
     "ops",
     "__version__",
 ]
-# Methods living in optional packages (pha/methods/<name>/) export their config too.
-for _config in METHODS.values():
-    if _config.__name__ not in globals():
-        globals()[_config.__name__] = _config
-        __all__.append(_config.__name__)

@@ -1,4 +1,4 @@
-"""HyperPELT: prefix injection (pha.backbones.prefix), PrefixGenerator, the method.
+"""HyperPELT: prefix injection (pha.backbones.attention_prefix), PrefixGenerator, the method.
 
 Tiny random T5 / BERT / LLaMA / GPT-2 backbones (tests/tiny_backbones.py). The prefix
 injection is checked against independent references: Hugging Face's own KV-cache path
@@ -16,7 +16,7 @@ from tiny_backbones import FAMILIES, LAYERS, VOCAB, D, batch, tiny
 from transformers import DynamicCache
 
 import pha
-from pha.backbones.prefix import PrefixInjector, attention_sites
+from pha.backbones.attention_prefix import PrefixInjector, attention_sites
 from pha.modules import HyperNetwork
 from pha.modules.prefix import PrefixGenerator
 

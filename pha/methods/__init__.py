@@ -1,15 +1,7 @@
-"""The methods. Each package pha/methods/<name>/ holds {config,model}.py and registers its
-model class with @register (pha.methods.base), which fills METHODS (name -> config class).
-Packages added later (hyperpelt) are picked up here if present."""
+"""The methods: pha/methods/<name>/{config,model}.py each, on the contract and registry of
+pha/methods/base.py. Each model class registers itself with @register (filling METHODS:
+name -> config class) when its package is imported; `import pha` imports them all."""
 
-import importlib
-import importlib.util
+from .base import METHODS, MODELS, Context, Method, MethodConfig, expand_rows, register
 
-from . import adapter, full, hyperdecoder, hyperformer, linear_probe, pha  # noqa: F401  (registration)
-from .base import METHODS, MODELS, MethodConfig, PHAModel, PHAOutput, get_model, register
-
-for _name in ("hyperpelt",):
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
-
-__all__ = ["METHODS", "MODELS", "MethodConfig", "PHAModel", "PHAOutput", "get_model", "register"]
+__all__ = ["METHODS", "MODELS", "Context", "Method", "MethodConfig", "expand_rows", "register"]

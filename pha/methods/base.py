@@ -1,12 +1,10 @@
-"""The generic wrapper every method shares (like peft.PeftModel) and the method registry.
+"""The method contract and the method registry (like PEFT's BaseTuner and its mappings).
 
 A method is a config dataclass (subclass of MethodConfig, `method` = its registry name)
-and a model class (subclass of PHAModel) registered with @register. PHAModel owns what
-all methods share: freezing, per-task classification heads (encoder backbones), the
-task-id checks, the per-call conditioning context read by the adapters inside the
-backbone, forward / generate / retrieve / add_task, saving and loading.
+and a model class: a subclass of pha.PHAModel (the wrapper users hold, pha/peft_model.py)
+that implements the hooks of `Method` and is registered with @register.
 
-Per-instance conditioning reaches the adapters inside the backbone through `self._ctx`,
+Per-instance conditioning reaches the adapters inside the backbone through a `Context`,
 set for the duration of one forward or generate call. Generated weights are stored once
 per call as [sites, G, ...] with an index [B] into G; when generation expands the batch
 (beam search, num_return_sequences: HF repeats each row consecutively), the adapters
@@ -15,26 +13,15 @@ repeat the index (or per-instance weights) to the batch they see (`expand_rows`)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..backbones import Backbone, attach
-from ..modules import masked_mean
-
-CONFIG_NAME = "pha_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-
 METHODS: dict[str, type[MethodConfig]] = {}
-MODELS: dict[type, type[PHAModel]] = {}
+MODELS: dict[type[MethodConfig], type[Method]] = {}
 
 
 @dataclass
@@ -86,21 +73,12 @@ class MethodConfig:
         return {"method": self.method, **dataclasses.asdict(self)}
 
 
-def register(model_cls: type[PHAModel]) -> type[PHAModel]:
+def register(model_cls: type[Method]) -> type[Method]:
     """Class decorator: makes model_cls.config_class available to get_model / pha.METHODS."""
     config_cls = model_cls.config_class
     METHODS[config_cls.method] = config_cls
     MODELS[config_cls] = model_cls
     return model_cls
-
-
-def get_model(base_model: nn.Module, config: MethodConfig) -> PHAModel:
-    """Wrap a Hugging Face model with the method `config`'s type names."""
-    if type(config) not in MODELS:
-        raise TypeError(
-            f"config must be one of {[c.__name__ for c in MODELS]}, got {type(config).__name__}"
-        )
-    return MODELS[type(config)](base_model, config)
 
 
 def expand_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -115,22 +93,6 @@ def expand_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.repeat_interleave(n // t.shape[0], dim=0)
 
 
-def _checkpointing(model: nn.Module) -> bool:
-    """Whether HF activation (gradient) checkpointing is on (named either way by version)."""
-    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), attr):
-            return bool(getattr(model, attr))
-    return False
-
-
-def _in_backward() -> bool:
-    return torch._C._current_graph_task_id() != -1
-
-
-class _StopAtSplit(Exception):
-    """Raised by the split hook to end a forward once the retriever has run (retrieve)."""
-
-
 @dataclass
 class Context:
     """Per-call conditioning read by the hooks inside the backbone."""
@@ -143,56 +105,17 @@ class Context:
     stop_at_split: bool = False
 
 
-@dataclass
-class PHAOutput:
-    loss: torch.Tensor | None
-    logits: torch.Tensor
-    aux_losses: dict[str, torch.Tensor]
-    task_ids: torch.Tensor | None
-    z: torch.Tensor | None = None
+class Method:
+    """What a method defines; pha.PHAModel calls these hooks around the backbone's run.
 
-
-class PHAModel(nn.Module):
-    """A frozen HF backbone plus one method's trainable parts. Build with pha.get_model."""
+    build() creates the method's modules and attaches its adapters to self.backbone (a
+    pha.backbones.Backbone); the adapters read the current call's Context via self.ctx().
+    """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     needs_task_ids: ClassVar[bool] = False  # adapters conditioned on the task
     can_retrieve: ClassVar[bool] = False  # task ids found by nearest prototype when absent
 
-    def __init__(self, base_model: nn.Module, config: MethodConfig):
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-            )
-        self.base_model = base_model
-        self.config = config
-        self.backbone: Backbone = attach(base_model, config.split_layer)
-        self.backbone_kind = self.backbone.kind
-        self._ctx: Context | None = None
-        self._checkpoint_ctx: Context | None = None
-        if self.backbone_kind == "encoder":
-            if config.num_labels is None:
-                raise ValueError("encoder backbones need num_labels (per-task class counts)")
-            d = self.backbone.d_model
-            self.heads = nn.ModuleList(nn.Linear(d, n) for n in config.num_labels)
-        elif config.num_labels is not None:
-            raise ValueError(
-                f"num_labels is for encoder classification heads; a {self.backbone_kind} "
-                "backbone generates text: pass num_labels=None"
-            )
-        self.build()
-        self.backbone.on_split(self._split_hook)
-        for p in self.base_model.parameters():
-            p.requires_grad_(False)
-        for p in self.trainable_backbone_parameters():
-            p.requires_grad_(True)
-        device = next(base_model.parameters()).device
-        for name, module in self.named_children():
-            if name != "base_model":
-                module.to(device)
-
-    # ---- what a method defines -------------------------------------------------------
     def build(self) -> None:
         """Create the method's modules and attach its adapters to self.backbone."""
 
@@ -211,318 +134,8 @@ class PHAModel(nn.Module):
         """Weighted auxiliary losses (added to the task loss), computed with labels."""
         return {}
 
-    # ---- tasks -----------------------------------------------------------------------
-    @property
-    def tasks(self) -> list[str]:
-        return self.config.tasks
-
-    def task_index(self, task_ids) -> torch.Tensor:
-        """task_ids as LongTensor [B]: from a tensor of ids or a list of names / ids."""
-        k = len(self.tasks)
-        if isinstance(task_ids, torch.Tensor):
-            if (
-                task_ids.dtype.is_floating_point
-                or task_ids.dtype == torch.bool
-                or task_ids.dim() != 1
-            ):
-                raise TypeError(
-                    f"task_ids must be an integer tensor [B], got {task_ids.dtype} {list(task_ids.shape)}"
-                )
-            ids = task_ids.long()
-        else:
-            names = list(task_ids)
-            for name in names:
-                if isinstance(name, str) and name not in self.tasks:
-                    raise ValueError(f"unknown task {name!r}; known tasks: {self.tasks}")
-            ids = torch.tensor(
-                [self.tasks.index(t) if isinstance(t, str) else int(t) for t in names]
-            )
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
-            bad = ids[(ids < 0) | (ids >= k)].tolist()
-            raise ValueError(
-                f"unknown task ids {bad}: ids must lie in [0, {k}) for tasks {self.tasks}"
-            )
-        return ids.to(self.device)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.base_model.parameters()).device
-
-    # ---- conditioning context --------------------------------------------------------
-    def ctx(self) -> Context:
-        """The current call's context (error if the backbone is run outside the wrapper).
-
-        Under gradient checkpointing the backward pass re-runs the blocks after the call
-        has returned: they get the context of the call being differentiated."""
-        if self._ctx is None and self._checkpoint_ctx is not None and _in_backward():
-            return self._checkpoint_ctx
-        if self._ctx is None:
-            raise RuntimeError(
-                "the backbone's adapters need per-call conditioning: call the PHAModel "
-                "(forward / generate / retrieve), not the wrapped model directly"
-            )
-        return self._ctx
-
-    @contextlib.contextmanager
-    def _conditioned(self, input_ids, task_ids, pool_mask, stop_at_split=False):
-        if self._ctx is not None:
-            raise RuntimeError("a PHAModel call is already running (re-entrant call)")
-        if task_ids is not None:
-            task_ids = self.task_index(task_ids)
-            if task_ids.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"task_ids must have one id per instance: {input_ids.shape[0]}, got {task_ids.shape[0]}"
-                )
-        elif self.needs_task_ids and not self.can_retrieve and not stop_at_split:
-            raise ValueError(f"{type(self).__name__} needs task_ids (it cannot retrieve tasks)")
-        self._ctx = Context(task_ids, pool_mask, stop_at_split=stop_at_split)
-        try:
-            self.condition(self._ctx)
-            yield self._ctx
-        finally:
-            # kept only when needed: a context can hold large generated weights
-            keep = self.training and _checkpointing(self.base_model)
-            self._checkpoint_ctx = self._ctx if keep else None
-            self._ctx = None
-
-    def _split_hook(self, hidden: torch.Tensor) -> None:
-        ctx = self.ctx()
-        if ctx.z is None:  # decoder-only generation: only the prefill step (the prompt)
-            self.at_split(ctx, hidden)
-        if ctx.stop_at_split:
-            raise _StopAtSplit
-
-    # ---- forward -----------------------------------------------------------------------
-    def _pool_mask(self, input_ids, attention_mask, labels):
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        if self.backbone_kind == "decoder" and labels is not None and labels.shape == mask.shape:
-            prompt = mask.bool() & (labels == -100)  # the retriever pools the prompt only
-            has_prompt = prompt.any(1, keepdim=True)
-            mask = torch.where(has_prompt, prompt, mask.bool())
-        return mask
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        task_ids=None,
-        **kwargs,
-    ) -> PHAOutput:
-        """Task loss (+ weighted auxiliary losses when labels and task ids are given).
-
-        Encoder: labels [B] class ids; logits [B, max(num_labels)]. T5 / decoder-only:
-        labels are token ids (-100 ignored) and logits the LM logits; T5 without labels
-        or decoder_input_ids decodes one step from the decoder start token."""
-        pool_mask = self._pool_mask(input_ids, attention_mask, labels)
-        with self._conditioned(input_ids, task_ids, pool_mask) as ctx:
-            given = ctx.task_ids is not None
-            if self.backbone_kind == "encoder":
-                encoder = getattr(self.base_model, "base_model", self.base_model)
-                out = encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-                logits, task_loss = self._classify(
-                    out.last_hidden_state, attention_mask, labels, ctx.task_ids
-                )
-            else:
-                logits, task_loss = self._lm(input_ids, attention_mask, labels, kwargs)
-            aux = self.aux_losses(ctx) if labels is not None and given else {}
-            loss = None
-            if task_loss is not None:
-                loss = task_loss + sum(aux.values()) if aux else task_loss
-            return PHAOutput(loss, logits, aux, ctx.task_ids, ctx.z)
-
-    def _positions(self, attention_mask, kwargs):
-        """Decoder-only: position ids from the attention mask, as HF generate derives them,
-        so that a left-padded prompt is encoded alike in forward, retrieve and generate."""
-        if self.backbone_kind != "decoder" or attention_mask is None or "position_ids" in kwargs:
-            return kwargs
-        positions = attention_mask.long().cumsum(-1) - 1
-        return {**kwargs, "position_ids": positions.masked_fill(attention_mask == 0, 1)}
-
-    def _lm(self, input_ids, attention_mask, labels, kwargs):
-        decoder_inputs = {"decoder_input_ids", "decoder_inputs_embeds"} & set(kwargs)
-        if self.backbone_kind == "seq2seq" and not decoder_inputs:
-            if labels is not None:
-                kwargs["decoder_input_ids"] = self.base_model.prepare_decoder_input_ids_from_labels(
-                    labels=labels
-                )
-            else:  # no decoder input given: the logits of the first decoding step
-                start = self.base_model.config.decoder_start_token_id
-                kwargs["decoder_input_ids"] = input_ids.new_full((input_ids.shape[0], 1), start)
-        kwargs = self._positions(attention_mask, kwargs)
-        out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        logits = out.logits
-        if labels is None:
-            return logits, None
-        flat_logits, flat_labels = logits, labels
-        if self.backbone_kind == "decoder":  # token t predicts token t + 1
-            flat_logits, flat_labels = logits[:, :-1], labels[:, 1:]
-        loss = F.cross_entropy(
-            flat_logits.reshape(-1, logits.shape[-1]).float(),
-            flat_labels.reshape(-1),
-            ignore_index=-100,
-            label_smoothing=self.config.label_smoothing,
-            reduction=self.config.task_loss_reduction,
-        )
-        return logits, loss
-
-    def _classify(self, hidden, attention_mask, labels, task_ids):
-        if task_ids is None:
-            if len(self.tasks) > 1:
-                raise ValueError(
-                    f"{type(self).__name__} needs task_ids to pick each instance's classification head"
-                )
-            task_ids = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
-        pooled = masked_mean(hidden, attention_mask)
-        n_max = max(self.config.num_labels)
-        dtype = self.heads[0].weight.dtype
-        logits = pooled.new_full((hidden.shape[0], n_max), torch.finfo(dtype).min, dtype=dtype)
-        loss = pooled.new_zeros((), dtype=torch.float32) if labels is not None else None
-        for k in torch.unique(task_ids).tolist():
-            rows = (task_ids == k).nonzero().squeeze(1)
-            head_logits = self.heads[k](pooled[rows].to(dtype))
-            logits[rows, : head_logits.shape[1]] = head_logits
-            if labels is not None:
-                y = labels[rows]
-                n = self.config.num_labels[k]
-                if int(y.min()) < 0 or int(y.max()) >= n:
-                    raise ValueError(
-                        f"labels of task {self.tasks[k]!r} must lie in [0, {n}), got {sorted(set(y.tolist()))}"
-                    )
-                loss = loss + F.cross_entropy(
-                    head_logits.float(),
-                    y,
-                    reduction="sum",
-                    label_smoothing=self.config.label_smoothing,
-                )
-        if loss is not None and self.config.task_loss_reduction == "mean":
-            loss = loss / hidden.shape[0]
-        return logits, loss
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        task_ids=None,
-        **kwargs,
-    ):
-        """HF generate (greedy, beam search, ...) with mixed-task batches; without task_ids
-        methods with prototypes retrieve each instance's task."""
-        if self.backbone_kind == "encoder":
-            raise ValueError("generate needs a T5 or decoder-only backbone, not an encoder")
-        pool_mask = self._pool_mask(input_ids, attention_mask, None)
-        with self._conditioned(input_ids, task_ids, pool_mask):
-            return self.base_model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, **kwargs
-            )
-
-    @torch.no_grad()
-    def retrieve(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        """(task_ids [B], scores [B, K]): the nearest prototype (cosine) to each instance."""
-        if not self.can_retrieve:
-            raise ValueError(f"{type(self).__name__} has no prototypes to retrieve tasks with")
-        z = self.embed(input_ids, attention_mask)
-        return self.prototypes.nearest(z)
-
-    def embed(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The retriever's z [B, e], running the backbone only up to the split."""
-        if not hasattr(self, "retriever"):
-            raise ValueError(f"{type(self).__name__} has no retriever")
-        pool_mask = self._pool_mask(input_ids, attention_mask, None)
-        with self._conditioned(input_ids, None, pool_mask, stop_at_split=True) as ctx:
-            try:
-                if self.backbone_kind == "seq2seq":
-                    self.base_model.get_encoder()(
-                        input_ids=input_ids, attention_mask=attention_mask
-                    )
-                elif self.backbone_kind == "encoder":
-                    getattr(self.base_model, "base_model", self.base_model)(
-                        input_ids=input_ids, attention_mask=attention_mask
-                    )
-                else:
-                    kwargs = self._positions(attention_mask, {})
-                    self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            except _StopAtSplit:
-                pass
-            return ctx.z
-
-    def add_task(
-        self,
-        name: str,
-        examples: dict[str, torch.Tensor],
-        init: str = "nearest",
-        num_labels: int | None = None,
-    ) -> int:
-        """Add a task (few-shot transfer); returns its id. See the method's docs for how
-        its conditioning is initialised. Encoder backbones need num_labels (a new head).
-        Re-create the optimizer afterwards: new parameters were added."""
-        if name in self.tasks:
-            raise ValueError(f"task {name!r} already exists")
-        if self.backbone_kind == "encoder" and (num_labels is None or num_labels < 1):
-            raise ValueError(
-                "add_task on an encoder backbone needs num_labels >= 1 for the new head"
-            )
-        if self.backbone_kind != "encoder" and num_labels is not None:
-            raise ValueError("num_labels is only for encoder backbones")
-        self.add_task_conditioning(examples, init)  # first: it may refuse
-        if self.backbone_kind == "encoder":
-            self.heads.append(nn.Linear(self.backbone.d_model, num_labels).to(self.device))
-            self.config.num_labels.append(num_labels)
-        self.config.tasks.append(name)
-        return len(self.tasks) - 1
-
     def add_task_conditioning(self, examples: dict[str, torch.Tensor], init: str) -> None:
         """Grow the method's per-task parameters by one task. Methods whose adapters do
         not depend on the task need nothing; the others override this or refuse."""
         if self.needs_task_ids:
             raise ValueError(f"{type(self).__name__} does not support add_task")
-
-    # ---- parameters, saving ------------------------------------------------------------
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
-
-    def print_trainable_parameters(self) -> None:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        print(
-            f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
-        )
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Writes pha_config.json (method, config, ordered task list) and the trainable
-        weights as adapter_model.safetensors."""
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_NAME), "w") as f:
-            json.dump(self.config.to_dict(), f, indent=2)
-        # clone: safetensors refuses tensors sharing storage (tied embeddings in full fine-tuning)
-        tensors = {n: t.clone().contiguous().cpu() for n, t in self.trainable_state_dict().items()}
-        save_file(tensors, os.path.join(path, WEIGHTS_NAME))
-
-    @classmethod
-    def from_pretrained(cls, base_model: nn.Module, path: str | os.PathLike) -> PHAModel:
-        """Rebuild a saved model on `base_model` (the same pretrained backbone)."""
-        with open(os.path.join(path, CONFIG_NAME)) as f:
-            saved = json.load(f)
-        method = saved.pop("method", None)
-        if method not in METHODS:
-            raise ValueError(f"{CONFIG_NAME} names method {method!r}; known: {sorted(METHODS)}")
-        model = get_model(base_model, METHODS[method](**saved))
-        weights = load_file(os.path.join(path, WEIGHTS_NAME), device=str(model.device))
-        expected = {n: tuple(t.shape) for n, t in model.trainable_state_dict().items()}
-        found = {n: tuple(t.shape) for n, t in weights.items()}
-        if found != expected:
-            differ = sorted(
-                n for n in set(found) | set(expected) if found.get(n) != expected.get(n)
-            )
-            raise ValueError(
-                f"saved weights do not match the model built on this backbone: "
-                f"{len(differ)} tensors missing, unexpected or of another shape, e.g. "
-                + ", ".join(
-                    f"{n}: saved {found.get(n)} vs model {expected.get(n)}" for n in differ[:3]
-                )
-            )
-        model.load_state_dict(weights, strict=False)
-        return model

@@ -7,7 +7,8 @@ from torch import nn
 
 from .. import ops
 from ..modules import Adapter
-from .base import PHAModel, expand_rows
+from ..peft_model import PHAModel
+from .base import expand_rows
 
 ADAPTER_TENSORS = ("w_down", "b_down", "w_up", "b_up")
 

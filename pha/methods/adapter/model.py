@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ...modules import Adapter
-from ..base import PHAModel, expand_rows, register
+from ...peft_model import PHAModel
+from ..base import expand_rows, register
 from .config import AdapterConfig
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..base import PHAModel, register
+from ...peft_model import PHAModel
+from ..base import register
 from .config import FullFinetuneConfig
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ...modules import HyperNetwork, InstanceRetriever
-from ..base import Context, PHAModel, expand_rows, register
+from ...peft_model import PHAModel
+from ..base import Context, expand_rows, register
 from ..generated import (
     adapter_shapes,
     attach_generated_upper_adapters,

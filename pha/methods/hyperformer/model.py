@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...modules import HyperNetwork
-from ..base import Context, PHAModel, expand_rows, register
+from ...peft_model import PHAModel
+from ..base import Context, expand_rows, register
 from ..generated import adapter_shapes, apply_generated_adapter
 from .config import HyperFormerConfig
 

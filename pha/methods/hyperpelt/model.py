@@ -7,10 +7,11 @@ import contextlib
 import torch
 from torch import nn
 
-from ...backbones.prefix import PrefixInjector, attention_sites
+from ...backbones.attention_prefix import PrefixInjector, attention_sites
 from ...modules import HyperNetwork
 from ...modules.prefix import PrefixGenerator
-from ..base import Context, PHAModel, PHAOutput, register
+from ...peft_model import PHAModel, PHAOutput
+from ..base import Context, register
 from ..generated import ADAPTER_TENSORS, adapter_shapes, apply_generated_adapter
 from .config import HyperPELTConfig
 

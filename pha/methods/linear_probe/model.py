@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..base import PHAModel, register
+from ...peft_model import PHAModel
+from ..base import register
 from .config import LinearProbeConfig
 
 

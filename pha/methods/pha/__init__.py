@@ -1,4 +1,6 @@
 from .config import PHAConfig
-from .model import PHAForModel
+from .model import PrototypeHyperAdapterModel
 
-__all__ = ["PHAConfig", "PHAForModel"]
+PHAForModel = PrototypeHyperAdapterModel  # the class's earlier name
+
+__all__ = ["PHAConfig", "PHAForModel", "PrototypeHyperAdapterModel"]

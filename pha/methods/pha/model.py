@@ -6,7 +6,8 @@ import torch
 
 from ... import ops
 from ...modules import HyperNetwork, InstanceRetriever, PrototypeBank
-from ..base import Context, PHAModel, expand_rows, register
+from ...peft_model import PHAModel
+from ..base import Context, expand_rows, register
 from ..generated import (
     adapter_shapes,
     attach_generated_upper_adapters,
@@ -16,7 +17,7 @@ from .config import PHAConfig
 
 
 @register
-class PHAForModel(PHAModel):
+class PrototypeHyperAdapterModel(PHAModel):
     """Parameters: lower_adapters.<i>.*, retriever.*, prototypes.weight, hypernet.* (+ heads)."""
 
     config_class = PHAConfig
