@@ -165,7 +165,7 @@ class Trainer:
 
         from pha.ops import _backend
 
-        backend, cpu = self.model.config.backend, torch.device("cpu")
+        backend, cpu = self.model.method_config.backend, torch.device("cpu")
         return {
             "trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "adapter_backend": _backend.resolve(backend, cpu, "hyper_adapter"),

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from . import ops
+from .auto import AutoPHAModel
 from .methods import METHODS, MethodConfig
 from .methods.adapter import AdapterConfig, AdapterModel
 from .methods.full import FullFinetuneConfig, FullFinetuneModel
@@ -15,6 +16,7 @@ from .peft_model import PHAModel, PHAOutput, get_model
 
 __all__ = [
     "METHODS",
+    "AutoPHAModel",
     "AdapterConfig",
     "AdapterModel",
     "FullFinetuneConfig",

@@ -134,15 +134,16 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     return cfg
 
 
-def load_adapter(base_model, directory: str | os.PathLike):
-    """PHAModel.from_pretrained, a damaged file ending in a CheckpointError that names
-    the directory (safetensors and json name no file)."""
+def load_adapter(base_model, directory: str | os.PathLike, is_trainable: bool = False):
+    """PHAModel.from_pretrained (frozen, eval mode unless is_trainable), a damaged file
+    ending in a CheckpointError that names the directory (safetensors and json name no
+    file)."""
     from safetensors import SafetensorError
 
     from . import PHAModel
 
     try:
-        return PHAModel.from_pretrained(base_model, directory)
+        return PHAModel.from_pretrained(base_model, directory, is_trainable=is_trainable)
     except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(
             f"the saved adapter in {directory} cannot be read ({type(e).__name__}: {e}): "
@@ -154,10 +155,10 @@ def _check_run_matches_adapter(run_dir: str, cfg: dict, model) -> None:
     """config.json and adapter/ must describe the same run (a later run that failed may
     have left its own config.json beside an older adapter)."""
     tasks = [t for item in cfg["tasks"] for t in str(item).split(",") if t]
-    if cfg["method"] != model.config.method or not set(tasks) <= set(model.tasks):
+    if cfg["method"] != model.method_config.method or not set(tasks) <= set(model.tasks):
         raise ValueError(
             f"{run_dir}: config.json (method {cfg['method']!r}, tasks {tasks}) does not "
-            f"describe adapter/ (method {model.config.method!r}, tasks {model.tasks})"
+            f"describe adapter/ (method {model.method_config.method!r}, tasks {model.tasks})"
         )
 
 

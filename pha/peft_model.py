@@ -4,35 +4,56 @@ classification heads (encoder backbones), the task-id checks, the per-call condi
 context read by the adapters inside the backbone, forward / generate / retrieve /
 add_task, saving and loading. Each method (pha/methods/<name>/model.py) subclasses it
 and implements the hooks of the method contract (pha.methods.base.Method).
+
+Like a PeftModel it is HF-shaped: outputs are `transformers` ModelOutputs, `config` is
+the backbone's (the method's is `method_config`), the HF Trainer trains it as it is, and
+`disable_adapter()` / `unload()` / `get_base_model()` give the plain backbone back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
+from transformers.utils import ModelOutput
 
 from .backbones import Backbone, attach
-from .methods.base import METHODS, MODELS, Context, Method, MethodConfig
+from .checkpoint import atomic_write
+from .hub import ALIASES, cache_dir
+from .methods.base import MODELS, Context, Method, MethodConfig
 from .modules import masked_mean
 
-CONFIG_NAME = "pha_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+_WRAPPED = "_pha_wrapped"  # set on a backbone while a PHAModel's hooks are attached to it
 
 
 def get_model(base_model: nn.Module, config: MethodConfig) -> PHAModel:
-    """Wrap a Hugging Face model with the method `config`'s type names."""
+    """Wrap a Hugging Face model with the method `config`'s type names (like
+    peft.get_peft_model). The backbone is changed in place (hooks, frozen weights) until
+    the returned model's unload()."""
     if type(config) not in MODELS:
         raise TypeError(
             f"config must be one of {[c.__name__ for c in MODELS]}, got {type(config).__name__}"
         )
     return MODELS[type(config)](base_model, config)
+
+
+def _backbone_name(model: nn.Module) -> str | None:
+    """What loads `model` again (pha.hub.load_backbone): the offline alias it was extracted
+    for, else the hub name or local path HF recorded; None for a model built in memory."""
+    name = getattr(model, "name_or_path", "") or ""
+    if not name:
+        return None
+    for alias in ALIASES:
+        if os.path.realpath(name) == os.path.realpath(cache_dir() / "models" / alias):
+            return alias
+    return name
 
 
 def _checkpointing(model: nn.Module) -> bool:
@@ -52,16 +73,34 @@ class _StopAtSplit(Exception):
 
 
 @dataclass
-class PHAOutput:
-    loss: torch.Tensor | None
-    logits: torch.Tensor
-    aux_losses: dict[str, torch.Tensor]
-    task_ids: torch.Tensor | None
+class PHAOutput(ModelOutput):
+    """What PHAModel.forward returns (a ModelOutput: out.loss, out["loss"], out[0]).
+
+    loss: task loss + the weighted auxiliary losses (None without labels).
+    logits: encoder [B, max(num_labels)] (columns a task lacks hold the dtype's min);
+        T5 / decoder-only the LM logits.
+    aux_losses: the weighted auxiliary losses by name ({} without labels and task ids).
+    task_ids: [B], given or retrieved (None when neither).
+    z: the retriever's instance embedding [B, e] (methods with a retriever).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    aux_losses: dict[str, torch.Tensor] | None = None
+    task_ids: torch.Tensor | None = None
     z: torch.Tensor | None = None
 
 
 class PHAModel(Method, nn.Module):
-    """A frozen HF backbone plus one method's trainable parts. Build with pha.get_model."""
+    """A frozen HF backbone plus one method's trainable parts. Build with pha.get_model,
+    load with PHAModel.from_pretrained / pha.AutoPHAModel.from_pretrained.
+
+    base_model: the HF model (hooks attached, frozen but for what the method trains);
+    method_config: the MethodConfig; config: the backbone's transformers config.
+    """
+
+    # The HF Trainer must not pass num_items_in_batch: the loss is a mean over the batch.
+    accepts_loss_kwargs: ClassVar[bool] = False
 
     def __init__(self, base_model: nn.Module, config: MethodConfig):
         super().__init__()
@@ -69,8 +108,15 @@ class PHAModel(Method, nn.Module):
             raise TypeError(
                 f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
             )
+        if getattr(base_model, _WRAPPED, False):
+            raise ValueError(
+                "base_model is already wrapped by a PHAModel (its adapters are attached): call "
+                "unload() on that model first, or wrap a fresh copy of the backbone"
+            )
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = _backbone_name(base_model)
         self.base_model = base_model
-        self.config = config
+        self.method_config = config
         self.backbone: Backbone = attach(base_model, config.split_layer)
         self.backbone_kind = self.backbone.kind
         self._ctx: Context | None = None
@@ -85,12 +131,26 @@ class PHAModel(Method, nn.Module):
                 f"num_labels is for encoder classification heads; a {self.backbone_kind} "
                 "backbone generates text: pass num_labels=None"
             )
-        self.build()
-        self.backbone.on_split(self._split_hook)
+        try:
+            self.build()
+            self.backbone.on_split(self._split_hook)
+        except BaseException:
+            self.backbone.remove()
+            raise
+        setattr(base_model, _WRAPPED, True)
+        self._unloaded = False
+        self._requires_grad = [p.requires_grad for p in base_model.parameters()]
         for p in self.base_model.parameters():
             p.requires_grad_(False)
         for p in self.trainable_backbone_parameters():
             p.requires_grad_(True)
+        # Pretrained values of the backbone weights an adapter method trains (layer norms):
+        # swapped in by disable_adapter() and restored by unload(). Not module state.
+        self._pretrained_backbone_weights = (
+            [(p, p.detach().clone()) for p in self.trainable_backbone_parameters()]
+            if self.has_adapter
+            else []
+        )
         device = next(base_model.parameters()).device
         for name, module in self.named_children():
             if name != "base_model":
@@ -99,7 +159,7 @@ class PHAModel(Method, nn.Module):
     # ---- tasks -----------------------------------------------------------------------
     @property
     def tasks(self) -> list[str]:
-        return self.config.tasks
+        return self.method_config.tasks
 
     def task_index(self, task_ids) -> torch.Tensor:
         """task_ids as LongTensor [B]: from a tensor of ids or a list of names / ids."""
@@ -133,6 +193,12 @@ class PHAModel(Method, nn.Module):
     def device(self) -> torch.device:
         return next(self.base_model.parameters()).device
 
+    @property
+    def config(self):
+        """The backbone's transformers config (what the HF Trainer and PEFT users read);
+        the method's config is `method_config`."""
+        return self.base_model.config
+
     # ---- conditioning context --------------------------------------------------------
     def ctx(self) -> Context:
         """The current call's context (error if the backbone is run outside the wrapper).
@@ -150,6 +216,8 @@ class PHAModel(Method, nn.Module):
 
     @contextlib.contextmanager
     def _conditioned(self, input_ids, task_ids, pool_mask, stop_at_split=False):
+        if self._unloaded:
+            raise RuntimeError("this PHAModel was unloaded: its backbone runs without it now")
         if self._ctx is not None:
             raise RuntimeError("a PHAModel call is already running (re-entrant call)")
         if task_ids is not None:
@@ -162,7 +230,8 @@ class PHAModel(Method, nn.Module):
             raise ValueError(f"{type(self).__name__} needs task_ids (it cannot retrieve tasks)")
         self._ctx = Context(task_ids, pool_mask, stop_at_split=stop_at_split)
         try:
-            self.condition(self._ctx)
+            if self.backbone.enabled:
+                self.condition(self._ctx)
             yield self._ctx
         finally:
             # kept only when needed: a context can hold large generated weights
@@ -210,11 +279,14 @@ class PHAModel(Method, nn.Module):
                 )
             else:
                 logits, task_loss = self._lm(input_ids, attention_mask, labels, kwargs)
-            aux = self.aux_losses(ctx) if labels is not None and given else {}
+            with_aux = labels is not None and given and self.backbone.enabled
+            aux = self.aux_losses(ctx) if with_aux else {}
             loss = None
             if task_loss is not None:
                 loss = task_loss + sum(aux.values()) if aux else task_loss
-            return PHAOutput(loss, logits, aux, ctx.task_ids, ctx.z)
+            return PHAOutput(
+                loss=loss, logits=logits, aux_losses=aux, task_ids=ctx.task_ids, z=ctx.z
+            )
 
     def _positions(self, attention_mask, kwargs):
         """Decoder-only: position ids from the attention mask, as HF generate derives them,
@@ -232,7 +304,7 @@ class PHAModel(Method, nn.Module):
                     labels=labels
                 )
             else:  # no decoder input given: the logits of the first decoding step
-                start = self.base_model.config.decoder_start_token_id
+                start = self.config.decoder_start_token_id
                 kwargs["decoder_input_ids"] = input_ids.new_full((input_ids.shape[0], 1), start)
         kwargs = self._positions(attention_mask, kwargs)
         out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -246,8 +318,8 @@ class PHAModel(Method, nn.Module):
             flat_logits.reshape(-1, logits.shape[-1]).float(),
             flat_labels.reshape(-1),
             ignore_index=-100,
-            label_smoothing=self.config.label_smoothing,
-            reduction=self.config.task_loss_reduction,
+            label_smoothing=self.method_config.label_smoothing,
+            reduction=self.method_config.task_loss_reduction,
         )
         return logits, loss
 
@@ -259,7 +331,7 @@ class PHAModel(Method, nn.Module):
                 )
             task_ids = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
         pooled = masked_mean(hidden, attention_mask)
-        n_max = max(self.config.num_labels)
+        n_max = max(self.method_config.num_labels)
         dtype = self.heads[0].weight.dtype
         logits = pooled.new_full((hidden.shape[0], n_max), torch.finfo(dtype).min, dtype=dtype)
         loss = pooled.new_zeros((), dtype=torch.float32) if labels is not None else None
@@ -269,7 +341,7 @@ class PHAModel(Method, nn.Module):
             logits[rows, : head_logits.shape[1]] = head_logits
             if labels is not None:
                 y = labels[rows]
-                n = self.config.num_labels[k]
+                n = self.method_config.num_labels[k]
                 if int(y.min()) < 0 or int(y.max()) >= n:
                     raise ValueError(
                         f"labels of task {self.tasks[k]!r} must lie in [0, {n}), got {sorted(set(y.tolist()))}"
@@ -278,9 +350,9 @@ class PHAModel(Method, nn.Module):
                     head_logits.float(),
                     y,
                     reduction="sum",
-                    label_smoothing=self.config.label_smoothing,
+                    label_smoothing=self.method_config.label_smoothing,
                 )
-        if loss is not None and self.config.task_loss_reduction == "mean":
+        if loss is not None and self.method_config.task_loss_reduction == "mean":
             loss = loss / hidden.shape[0]
         return logits, loss
 
@@ -355,40 +427,113 @@ class PHAModel(Method, nn.Module):
         self.add_task_conditioning(examples, init)  # first: it may refuse
         if self.backbone_kind == "encoder":
             self.heads.append(nn.Linear(self.backbone.d_model, num_labels).to(self.device))
-            self.config.num_labels.append(num_labels)
-        self.config.tasks.append(name)
+            self.method_config.num_labels.append(num_labels)
+        self.method_config.tasks.append(name)
         return len(self.tasks) - 1
 
-    # ---- parameters, saving ------------------------------------------------------------
+    # ---- parameters ------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        """The method's weights, what save_pretrained writes: every parameter outside the
+        backbone (adapters, hypernetworks, heads, ...) and the backbone weights the method
+        trains; whether or not they are frozen at the moment."""
+        trained = {id(p) for p in self.trainable_backbone_parameters()}
+        return {
+            n: p.detach()
+            for n, p in self.named_parameters()
+            if not n.startswith("base_model.") or id(p) in trained
+        }
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), as PEFT counts them."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
 
     def print_trainable_parameters(self) -> None:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
+        trainable, total = self.get_nb_trainable_parameters()
         print(
             f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
         )
 
+    # ---- the plain backbone ------------------------------------------------------------
+    def get_base_model(self) -> nn.Module:
+        """The wrapped HF model (its hooks stay attached; see unload())."""
+        return self.base_model
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Inside the block the backbone runs as if never wrapped: every adapter, prefix,
+        retriever and generated weight is off, and the backbone weights the method trains
+        (HyperFormer++ / HyperPELT layer norms) hold their pretrained values. Hidden
+        states and LM logits equal the untouched backbone's, whether through this model or
+        through the backbone itself. Encoder classification still needs a head: the
+        per-task heads read the plain backbone's pooled features (a backbone has no head of
+        its own), and there are no auxiliary losses. Full fine-tuning has no adapter to
+        disable (ValueError)."""
+        if not self.has_adapter:
+            raise ValueError(
+                f"{type(self).__name__} trains the backbone itself: there is no adapter to disable"
+            )
+        if not self.backbone.enabled:
+            raise RuntimeError("disable_adapter() is already active")
+        self.backbone.enabled = False
+        self._swap_pretrained_backbone_weights()
+        try:
+            yield
+        finally:
+            self._swap_pretrained_backbone_weights()
+            self.backbone.enabled = True
+
+    @torch.no_grad()
+    def _swap_pretrained_backbone_weights(self) -> None:
+        for p, other in self._pretrained_backbone_weights:
+            current = p.detach().clone()
+            p.copy_(other)
+            other.copy_(current)
+
+    def unload(self) -> nn.Module:
+        """Remove every hook and prefix from the backbone and return it as it was wrapped:
+        the pretrained values of the backbone weights the method trained and every
+        parameter's requires_grad as before (full fine-tuning: the fine-tuned backbone,
+        its weights are the method). This model cannot run afterwards; the backbone may be
+        wrapped again."""
+        if self._unloaded:
+            raise RuntimeError("this PHAModel was already unloaded")
+        if not self.backbone.enabled:
+            raise RuntimeError("unload() inside disable_adapter(): leave the block first")
+        self._swap_pretrained_backbone_weights()
+        self._pretrained_backbone_weights = []
+        self.backbone.remove()
+        for p, flag in zip(self.base_model.parameters(), self._requires_grad):
+            p.requires_grad_(flag)
+        delattr(self.base_model, _WRAPPED)
+        self._unloaded = True
+        return self.base_model
+
+    # ---- saving and loading ------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Writes pha_config.json (method, config, ordered task list) and the trainable
-        weights as adapter_model.safetensors."""
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_NAME), "w") as f:
-            json.dump(self.config.to_dict(), f, indent=2)
+        """Writes pha_config.json (the method config: method, ordered task list, the
+        backbone's name) and the method's weights as adapter_model.safetensors, each
+        atomically."""
+        self.method_config.save_pretrained(path)
         # clone: safetensors refuses tensors sharing storage (tied embeddings in full fine-tuning)
         tensors = {n: t.clone().contiguous().cpu() for n, t in self.trainable_state_dict().items()}
-        save_file(tensors, os.path.join(path, WEIGHTS_NAME))
+        data = save(tensors)
+        atomic_write(os.path.join(path, WEIGHTS_NAME), lambda f: f.write(data))
 
     @classmethod
-    def from_pretrained(cls, base_model: nn.Module, path: str | os.PathLike) -> PHAModel:
-        """Rebuild a saved model on `base_model` (the same pretrained backbone)."""
-        with open(os.path.join(path, CONFIG_NAME)) as f:
-            saved = json.load(f)
-        method = saved.pop("method", None)
-        if method not in METHODS:
-            raise ValueError(f"{CONFIG_NAME} names method {method!r}; known: {sorted(METHODS)}")
-        model = get_model(base_model, METHODS[method](**saved))
+    def from_pretrained(
+        cls, base_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False
+    ) -> PHAModel:
+        """Rebuild a saved model on `base_model` (the same pretrained backbone). As in
+        PEFT, the result is frozen and in eval mode unless is_trainable=True (then the
+        method's weights train again)."""
+        config = MethodConfig.from_pretrained(path)
+        if cls is not PHAModel and not isinstance(config, cls.config_class):
+            raise ValueError(
+                f"{path} holds a {type(config).__name__}; {cls.__name__} needs a "
+                f"{cls.config_class.__name__} (PHAModel.from_pretrained takes any method)"
+            )
+        model = get_model(base_model, config)
         weights = load_file(os.path.join(path, WEIGHTS_NAME), device=str(model.device))
         expected = {n: tuple(t.shape) for n, t in model.trainable_state_dict().items()}
         found = {n: tuple(t.shape) for n, t in weights.items()}
@@ -404,4 +549,7 @@ class PHAModel(Method, nn.Module):
                 )
             )
         model.load_state_dict(weights, strict=False)
+        if not is_trainable:
+            model.requires_grad_(False)
+            model.eval()
         return model

@@ -191,9 +191,9 @@ def _build_model(cfg: TrainConfig, data, base, tokenizer, kind: str, log) -> PHA
         raise ConfigError(
             f"--transfer-from: {cfg.transfer_from} has no adapter/ (not a finished pha.train run)"
         )
-    model = load_adapter(base, adapter)
-    model.config.label_smoothing = cfg.label_smoothing
-    model.config.task_loss_reduction = cfg.task_loss_reduction
+    model = load_adapter(base, adapter, is_trainable=True)
+    model.method_config.label_smoothing = cfg.label_smoothing
+    model.method_config.task_loss_reduction = cfg.task_loss_reduction
     collator = Collator(tokenizer, kind, data.tasks, cfg.max_length, cfg.task_prefix)
     for task_id, (task, examples) in enumerate(zip(data.tasks, data.train)):
         if task.name in model.tasks:
@@ -223,7 +223,7 @@ def _param_groups(model: PHAModel, cfg: TrainConfig, n_source: int) -> list[dict
     if cfg.transfer_from is not None and cfg.transfer_tune == "prototype":
         if not hasattr(model, "prototypes"):
             raise ConfigError(
-                f"--transfer-tune prototype: method {model.config.method!r} has no prototypes; "
+                f"--transfer-tune prototype: method {model.method_config.method!r} has no prototypes; "
                 "use --transfer-tune all"
             )
         weight = model.prototypes.weight
@@ -442,9 +442,7 @@ class _Run:
             finite = torch.ones((), dtype=torch.bool, device=self.device)
             for _ in range(cfg.grad_accum):
                 batch = next(micro)
-                out = train_model(
-                    **{k: v.to(self.device) for k, v in batch.items() if k != "targets"}
-                )
+                out = train_model(**{k: v.to(self.device) for k, v in batch.items()})
                 finite &= torch.isfinite(out.loss.detach())
                 (out.loss / cfg.grad_accum).backward()
             self._stop_unless_finite(finite, step + 1, "the loss")

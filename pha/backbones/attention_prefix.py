@@ -174,7 +174,7 @@ class PrefixInjector:
     it), or None for no prefix. It reads whatever per-call state its owner keeps, as the
     methods' adapters do. Switches the model to the "pha_prefix_<base>" attention
     implementation (without prefixes it computes exactly what the base one does);
-    `remove()` switches back and detaches the sources.
+    `remove()` switches back and removes the sources from the modules.
     """
 
     def __init__(
@@ -207,7 +207,8 @@ class PrefixInjector:
     def remove(self) -> None:
         """Restore the base attention implementation; the sites take no prefix any more."""
         for site in self.sites:
-            setattr(site.module, _PREFIX_ATTR, None)
+            if hasattr(site.module, _PREFIX_ATTR):
+                delattr(site.module, _PREFIX_ATTR)
         self.model.set_attn_implementation(self.base)
 
 

@@ -27,12 +27,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 AdapterFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Removable(Protocol):
+    """A hook handle or anything else a Backbone can undo."""
+
+    def remove(self) -> None: ...
 
 
 @dataclass
@@ -62,7 +68,8 @@ class Backbone:
     d_model: int
     layers: list[LayerSites]
     split: int
-    handles: list[RemovableHandle] = field(default_factory=list)
+    enabled: bool = True  # False: every hook lets the model run as if it were not there
+    attached: list[Removable] = field(default_factory=list)
 
     @property
     def lower(self) -> list[LayerSites]:
@@ -84,8 +91,8 @@ class Backbone:
         if self.family == "t5":
             ff = layer.block.layer[-1]
             captured: list[torch.Tensor] = []
-            self._keep(ff.layer_norm.register_forward_hook(lambda m, a, out: captured.append(out)))
-            self._keep(ff.register_forward_hook(lambda m, a, out: out + fn(captured.pop())))
+            self._hook(ff.layer_norm, lambda m, a, out: captured.append(out))
+            self._hook(ff, lambda m, a, out: out + fn(captured.pop()))
         elif self.family == "bert":
 
             def pre_hook(module, args, kwargs):
@@ -94,23 +101,19 @@ class Backbone:
                 a = kwargs["input_tensor"]
                 return args, {**kwargs, "input_tensor": a + fn(a)}
 
-            self._keep(layer.block.output.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            self._hook(layer.block.output, pre_hook, pre=True)
         else:  # llama, gpt2: the MLP's input is LN(h) and its output joins the residual
-            self._keep(layer.ffn.register_forward_hook(lambda m, a, out: out + fn(a[0])))
+            self._hook(layer.ffn, lambda m, a, out: out + fn(a[0]))
 
     def add_serial_adapter(self, module: nn.Module, fn: AdapterFn) -> None:
         """y <- y + fn(y) on `module`'s output (an output projection)."""
-        self._keep(module.register_forward_hook(lambda m, a, out: out + fn(out)))
+        self._hook(module, lambda m, a, out: out + fn(out))
 
     def on_split(self, fn: Callable[[torch.Tensor], None]) -> None:
         """Call fn(h_split) with the hidden states where the halves meet: T5's encoder
         output, otherwise the output of the last lower-half layer."""
         module = self.model.encoder if self.family == "t5" else self.lower[-1].block
-
-        def hook(m, args, out):
-            fn(_first_tensor(out))
-
-        self._keep(module.register_forward_hook(hook))
+        self._hook(module, lambda m, args, out: fn(_first_tensor(out)))
 
     def layer_norms(self) -> list[nn.Module]:
         """The backbone's normalisation modules (LayerNorm, T5LayerNorm, RMSNorm)."""
@@ -120,8 +123,26 @@ class Backbone:
             if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith(("LayerNorm", "RMSNorm"))
         ]
 
-    def _keep(self, handle: RemovableHandle) -> None:
-        self.handles.append(handle)
+    def keep(self, attachment: Removable) -> None:
+        """Let remove() undo `attachment` too (e.g. a PrefixInjector)."""
+        self.attached.append(attachment)
+
+    def remove(self) -> None:
+        """Detach every hook and attachment: the model runs as before it was attached."""
+        while self.attached:
+            self.attached.pop().remove()
+
+    def _hook(self, module: nn.Module, hook: Callable, pre: bool = False) -> None:
+        """Register a forward hook (pre=True: a forward pre-hook with kwargs) that does
+        nothing while the backbone is disabled."""
+
+        def gated(*args):
+            return hook(*args) if self.enabled else None
+
+        if pre:
+            self.keep(module.register_forward_pre_hook(gated, with_kwargs=True))
+        else:
+            self.keep(module.register_forward_hook(gated))
 
 
 def _first_tensor(out) -> torch.Tensor:

@@ -6,8 +6,9 @@ paper; switchable), then
   decoder   prompt "<task>: <text>\\nAnswer:" + " <label word><eos>", `labels` -100 on the
             prompt and on padding (left padding: generation continues the prompt).
 
-Every batch also carries `task_ids` and `targets` (the gold class ids, or float values
-for regression), which the metrics compare with the predictions.
+Every batch also carries `task_ids`. A batch holds exactly the model's keyword arguments,
+so `model(**batch)` runs it (and the HF Trainer can use a Collator as its data_collator);
+the metrics read the gold labels from the examples themselves (pha.evaluate).
 """
 
 from __future__ import annotations
@@ -79,12 +80,7 @@ class Collator:
     ) -> dict[str, torch.Tensor]:
         """A batch; `generate=True` leaves the answer out of decoder prompts (for evaluation)."""
         task_ids = torch.tensor([t + self.id_offset for t, _ in items], dtype=torch.long)
-        targets = [ex["label"] for _, ex in items]
-        regression = any(self.tasks[t].is_regression for t, _ in items)
-        batch = {
-            "task_ids": task_ids,
-            "targets": torch.tensor(targets, dtype=torch.float32 if regression else torch.long),
-        }
+        batch = {"task_ids": task_ids}
         if self.kind == "encoder":
             # One call per example: a mixed-task batch can mix single texts and pairs.
             rows = [
@@ -94,8 +90,10 @@ class Collator:
             ]  # fmt: skip
             keys = ("input_ids", "attention_mask")
             enc = self.tokenizer.pad([{k: r[k] for k in keys} for r in rows], return_tensors="pt")
-            batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-            batch["labels"] = batch["targets"]
+            labels = torch.tensor([ex["label"] for _, ex in items], dtype=torch.long)
+            batch.update(
+                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels
+            )
         elif self.kind == "seq2seq":
             enc = self._tok(
                 [self._source(self.tasks[t], ex, True) for t, ex in items], self.max_length

@@ -14,12 +14,17 @@ repeat the index (or per-instance weights) to the batch they see (`expand_rows`)
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..checkpoint import atomic_write_text
+
+CONFIG_NAME = "pha_config.json"
 METHODS: dict[str, type[MethodConfig]] = {}
 MODELS: dict[type[MethodConfig], type[Method]] = {}
 
@@ -39,6 +44,9 @@ class MethodConfig:
         "cpp", "triton", "cuda"), None for the fastest available.
     split_layer: encoder-only / decoder-only backbones: number of layers in the lower
         half (None: half of them). T5 always splits at encoder | decoder.
+    base_model_name_or_path: what pha.AutoPHAModel loads the backbone from (an offline
+        alias of pha.hub, a local directory or a hub name); None: taken from the backbone
+        when the model is built (None again for a backbone built in memory).
     """
 
     method: ClassVar[str] = ""
@@ -48,6 +56,7 @@ class MethodConfig:
     task_loss_reduction: str = "mean"
     backend: str | None = None
     split_layer: int | None = None
+    base_model_name_or_path: str | None = None
 
     def __post_init__(self):
         if not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
@@ -71,6 +80,34 @@ class MethodConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **dataclasses.asdict(self)}
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write pha_config.json (atomically) into the directory `path`."""
+        os.makedirs(path, exist_ok=True)
+        atomic_write_text(os.path.join(path, CONFIG_NAME), json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> MethodConfig:
+        """The config saved in the directory `path`, as its method's config class (on a
+        subclass: that method's only)."""
+        file = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"path: {path} has no {CONFIG_NAME} (not a saved pha model)")
+        with open(file) as f:
+            saved = json.load(f)
+        method = saved.pop("method", None)
+        if method not in METHODS:
+            raise ValueError(f"{file} names method {method!r}; known: {sorted(METHODS)}")
+        config_cls = METHODS[method]
+        if not issubclass(config_cls, cls):
+            raise ValueError(f"{file} holds a {config_cls.__name__}, not a {cls.__name__}")
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        if set(saved) - known:
+            raise ValueError(
+                f"{file} has fields {sorted(set(saved) - known)} that {config_cls.__name__} "
+                "does not know (saved by another version of pha?)"
+            )
+        return config_cls(**saved)
 
 
 def register(model_cls: type[Method]) -> type[Method]:
@@ -115,6 +152,7 @@ class Method:
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     needs_task_ids: ClassVar[bool] = False  # adapters conditioned on the task
     can_retrieve: ClassVar[bool] = False  # task ids found by nearest prototype when absent
+    has_adapter: ClassVar[bool] = True  # False: the method trains the backbone itself (full)
 
     def build(self) -> None:
         """Create the method's modules and attach its adapters to self.backbone."""

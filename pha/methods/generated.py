@@ -43,7 +43,7 @@ def apply_generated_adapter(
 def attach_shared_lower_adapters(model: PHAModel) -> nn.ModuleList:
     """The lower half of PHA / HyperDecoders: one ordinary adapter per layer, shared by all
     tasks, parallel to the FFN."""
-    cfg, bb = model.config, model.backbone
+    cfg, bb = model.method_config, model.backbone
     adapters = nn.ModuleList(
         Adapter(
             bb.d_model,
@@ -67,7 +67,7 @@ def attach_generated_upper_adapters(model: PHAModel) -> None:
         def fn(x: torch.Tensor) -> torch.Tensor:
             ctx = model.ctx()
             return apply_generated_adapter(
-                x, ctx.weights, site, ctx.index, "relu", model.config.backend
+                x, ctx.weights, site, ctx.index, "relu", model.method_config.backend
             )
 
         return fn

@@ -18,10 +18,10 @@ class AdapterModel(PHAModel):
 
     @property
     def needs_task_ids(self) -> bool:  # type: ignore[override]
-        return self.config.per_task
+        return self.method_config.per_task
 
     def build(self) -> None:
-        cfg, bb = self.config, self.backbone
+        cfg, bb = self.method_config, self.backbone
         sets = len(cfg.tasks) if cfg.per_task else 1
         self.adapters = nn.ModuleList(
             Adapter(bb.d_model, cfg.adapter_dim, sets, cfg.activation, cfg.init_gain, cfg.backend)
@@ -31,7 +31,7 @@ class AdapterModel(PHAModel):
             bb.add_parallel_adapter(layer, self._run(adapter))
 
     def _run(self, adapter: Adapter):
-        if not self.config.per_task:
+        if not self.method_config.per_task:
             return adapter
 
         def fn(x):

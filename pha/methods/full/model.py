@@ -12,6 +12,7 @@ from .config import FullFinetuneConfig
 @register
 class FullFinetuneModel(PHAModel):
     config_class = FullFinetuneConfig
+    has_adapter = False
 
     def trainable_backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.base_model.parameters())

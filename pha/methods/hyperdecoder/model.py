@@ -22,7 +22,7 @@ class HyperDecoderModel(PHAModel):
     config_class = HyperDecoderConfig
 
     def build(self) -> None:
-        cfg, bb = self.config, self.backbone
+        cfg, bb = self.method_config, self.backbone
         d, r = bb.d_model, cfg.adapter_dim
         self.lower_adapters = attach_shared_lower_adapters(self)
         self.retriever = InstanceRetriever(d, hidden_dim=d, out_dim=d)

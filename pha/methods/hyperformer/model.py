@@ -23,7 +23,7 @@ class HyperFormerModel(PHAModel):
     needs_task_ids = True
 
     def build(self) -> None:
-        cfg, bb = self.config, self.backbone
+        cfg, bb = self.method_config, self.backbone
         d, e = bb.d_model, cfg.embed_dim
         r = cfg.adapter_dim or max(1, d // 32)
         self.task_embeddings = nn.Embedding(len(cfg.tasks), e)
@@ -53,7 +53,7 @@ class HyperFormerModel(PHAModel):
 
     def _adapter_with_norm(self, stack: str, site: int):
         """y -> LN_generated(Adapter_generated(y)); the hook adds the residual y."""
-        cfg = self.config
+        cfg = self.method_config
 
         def fn(y: torch.Tensor) -> torch.Tensor:
             ctx = self.ctx()
@@ -72,7 +72,7 @@ class HyperFormerModel(PHAModel):
         ctx.weights = {stack: net(cond) for stack, net in self.hypernet.items()}
 
     def trainable_backbone_parameters(self) -> list[nn.Parameter]:
-        if not self.config.train_layer_norms:
+        if not self.method_config.train_layer_norms:
             return []
         return [p for m in self.backbone.layer_norms() for p in m.parameters()]
 

@@ -35,7 +35,7 @@ class HyperPELTModel(PHAModel):
     needs_task_ids = True
 
     def build(self) -> None:
-        cfg, bb = self.config, self.backbone
+        cfg, bb = self.method_config, self.backbone
         sites = attention_sites(self.base_model, cross_attention=cfg.cross_attention_prefix)
         layer_of = {id(m): i for i, layer in enumerate(bb.layers) for m in layer.block.modules()}
         self.prefixes = PrefixGenerator(
@@ -63,7 +63,7 @@ class HyperPELTModel(PHAModel):
         )
         for i, layer in enumerate(bb.layers):
             bb.add_parallel_adapter(layer, self._adapter(i))
-        self.injector = PrefixInjector(self.base_model, sites, self._prefix)
+        bb.keep(PrefixInjector(self.base_model, sites, self._prefix))
         self._visual_features: torch.Tensor | None = None
 
     def trainable_backbone_parameters(self) -> list[nn.Parameter]:
@@ -74,9 +74,11 @@ class HyperPELTModel(PHAModel):
         if visual is None:  # weights depend on (task, site) only: one set per task present
             tasks, ctx.index = torch.unique(ctx.task_ids, return_inverse=True)
             cond = self.task_embeddings(tasks)
-            if self.config.visual_dim is not None:  # text-only instances: zero visual embedding
+            if (
+                self.method_config.visual_dim is not None
+            ):  # text-only instances: zero visual embedding
                 cond = torch.cat(
-                    [cond, cond.new_zeros(len(tasks), self.config.visual_embed_dim)], -1
+                    [cond, cond.new_zeros(len(tasks), self.method_config.visual_embed_dim)], -1
                 )
         else:  # instance-specific: one set per instance
             ctx.index = None
@@ -104,14 +106,16 @@ class HyperPELTModel(PHAModel):
 
     def _adapter(self, layer: int):
         def fn(x: torch.Tensor) -> torch.Tensor:
-            ctx, cfg = self.ctx(), self.config
+            ctx, cfg = self.ctx(), self.method_config
             return apply_generated_adapter(
                 x, ctx.weights, layer, ctx.index, cfg.adapter_activation, cfg.backend
             )
 
         return fn
 
-    def _prefix(self, site: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefix(self, site: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.backbone.enabled:  # disable_adapter(): the base attention, no prefix
+            return None
         ctx = self.ctx()
         if ctx.weights is None:
             raise RuntimeError("an attention layer ran before its prefix was generated")
@@ -120,7 +124,7 @@ class HyperPELTModel(PHAModel):
     @contextlib.contextmanager
     def _visual(self, visual_features: torch.Tensor | None, input_ids: torch.Tensor):
         if visual_features is not None:
-            if self.config.visual_dim is None:
+            if self.method_config.visual_dim is None:
                 raise ValueError("visual_features given, but the config has visual_dim=None")
             if (
                 not isinstance(visual_features, torch.Tensor)
@@ -134,7 +138,7 @@ class HyperPELTModel(PHAModel):
                         else ""
                     )
                 )
-            expected = [input_ids.shape[0], self.config.visual_dim]
+            expected = [input_ids.shape[0], self.method_config.visual_dim]
             if list(visual_features.shape) != expected:
                 raise ValueError(
                     f"visual_features must have shape {expected} ([B, visual_dim]), got {list(visual_features.shape)}"

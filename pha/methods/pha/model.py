@@ -25,7 +25,7 @@ class PrototypeHyperAdapterModel(PHAModel):
     can_retrieve = True
 
     def build(self) -> None:
-        cfg, bb = self.config, self.backbone
+        cfg, bb = self.method_config, self.backbone
         d, r, e = bb.d_model, cfg.adapter_dim, cfg.hyper_embed_dim
         self.lower_adapters = attach_shared_lower_adapters(self)
         self.retriever = InstanceRetriever(d, cfg.retriever_hidden_dim, e)
@@ -54,7 +54,7 @@ class PrototypeHyperAdapterModel(PHAModel):
         ctx.weights = self.hypernet(self.prototypes(tasks))
 
     def aux_losses(self, ctx: Context) -> dict[str, torch.Tensor]:
-        cfg = self.config
+        cfg = self.method_config
         z = ops.all_gather_with_grad(ctx.z)
         labels = ops.all_gather_with_grad(expand_rows(ctx.task_ids, ctx.z.shape[0]))
         ins = ops.supcon_loss(z, labels, cfg.temperature, backend=cfg.backend)
