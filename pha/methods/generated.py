@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..modules import Adapter
+from ..modules import Adapter, HyperNetwork
 from ..peft_model import PHAModel
 from .base import expand_rows
 
@@ -57,6 +57,24 @@ def attach_shared_lower_adapters(model: PHAModel) -> nn.ModuleList:
     for layer, adapter in zip(bb.lower, adapters):
         bb.add_parallel_adapter(layer, adapter)
     return adapters
+
+
+def upper_adapter_hypernet(
+    model: PHAModel, cond_dim: int, site_embed_dim: int, per_site: bool = False
+) -> HyperNetwork:
+    """The hypernetwork of PHA / HyperDecoders: one adapter per upper-half layer from
+    [cond ; layer embedding], hyperfan-in initialised."""
+    cfg, bb = model.method_config, model.backbone
+    return HyperNetwork(
+        cond_dim=cond_dim,
+        shapes=adapter_shapes(bb.d_model, cfg.adapter_dim),
+        site_sizes=(len(bb.upper),),
+        site_embed_dim=site_embed_dim,
+        hidden_dim=cfg.hypernet_hidden_dim,
+        out_dim=cfg.hypernet_out_dim,
+        per_site=per_site,
+        init="hyperfanin",
+    )
 
 
 def attach_generated_upper_adapters(model: PHAModel) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ...modules import HyperNetwork, InstanceRetriever
+from ...modules import InstanceRetriever
 from ...peft_model import PHAModel
 from ..base import Context, expand_rows, register
 from ..generated import (
-    adapter_shapes,
     attach_generated_upper_adapters,
     attach_shared_lower_adapters,
+    upper_adapter_hypernet,
 )
 from .config import HyperDecoderConfig
 
@@ -22,19 +22,10 @@ class HyperDecoderModel(PHAModel):
     config_class = HyperDecoderConfig
 
     def build(self) -> None:
-        cfg, bb = self.method_config, self.backbone
-        d, r = bb.d_model, cfg.adapter_dim
+        d = self.backbone.d_model
         self.lower_adapters = attach_shared_lower_adapters(self)
         self.retriever = InstanceRetriever(d, hidden_dim=d, out_dim=d)
-        self.hypernet = HyperNetwork(
-            cond_dim=d,
-            shapes=adapter_shapes(d, r),
-            site_sizes=(len(bb.upper),),
-            site_embed_dim=cfg.layer_embed_dim,
-            hidden_dim=cfg.hypernet_hidden_dim,
-            out_dim=cfg.hypernet_out_dim,
-            init="hyperfanin",
-        )
+        self.hypernet = upper_adapter_hypernet(self, d, self.method_config.layer_embed_dim)
         attach_generated_upper_adapters(self)
 
     def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:

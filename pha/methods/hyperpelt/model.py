@@ -70,17 +70,18 @@ class HyperPELTModel(PHAModel):
         return [p for norm in self.backbone.layer_norms() for p in norm.parameters()]
 
     def condition(self, ctx: Context) -> None:
-        visual = self._visual_features
+        visual, cfg = self._visual_features, self.method_config
         if visual is None:  # weights depend on (task, site) only: one set per task present
             tasks, ctx.index = torch.unique(ctx.task_ids, return_inverse=True)
             cond = self.task_embeddings(tasks)
-            if (
-                self.method_config.visual_dim is not None
-            ):  # text-only instances: zero visual embedding
-                cond = torch.cat(
-                    [cond, cond.new_zeros(len(tasks), self.method_config.visual_embed_dim)], -1
-                )
+            if cfg.visual_dim is not None:  # text-only instances: zero visual embedding
+                cond = torch.cat([cond, cond.new_zeros(len(tasks), cfg.visual_embed_dim)], -1)
         else:  # instance-specific: one set per instance
+            expected = [ctx.task_ids.shape[0], cfg.visual_dim]
+            if list(visual.shape) != expected:
+                raise ValueError(
+                    f"visual_features must have shape {expected} ([B, visual_dim]), got {list(visual.shape)}"
+                )
             ctx.index = None
             visual = visual.to(self.visual_proj.weight.dtype)
             cond = torch.cat([self.task_embeddings(ctx.task_ids), self.visual_proj(visual)], -1)
@@ -122,7 +123,7 @@ class HyperPELTModel(PHAModel):
         return self.prefixes.prefix(ctx.weights, site, ctx.index)
 
     @contextlib.contextmanager
-    def _visual(self, visual_features: torch.Tensor | None, input_ids: torch.Tensor):
+    def _visual(self, visual_features: torch.Tensor | None):
         if visual_features is not None:
             if self.method_config.visual_dim is None:
                 raise ValueError("visual_features given, but the config has visual_dim=None")
@@ -138,39 +139,19 @@ class HyperPELTModel(PHAModel):
                         else ""
                     )
                 )
-            expected = [input_ids.shape[0], self.method_config.visual_dim]
-            if list(visual_features.shape) != expected:
-                raise ValueError(
-                    f"visual_features must have shape {expected} ([B, visual_dim]), got {list(visual_features.shape)}"
-                )
         self._visual_features = visual_features
         try:
             yield
         finally:
             self._visual_features = None
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        task_ids=None,
-        visual_features: torch.Tensor | None = None,
-        **kwargs,
-    ) -> PHAOutput:
+    def forward(self, *args, visual_features: torch.Tensor | None = None, **kwargs) -> PHAOutput:
         """PHAModel.forward, plus `visual_features` [B, visual_dim] (configs with visual_dim)."""
-        with self._visual(visual_features, input_ids):
-            return super().forward(input_ids, attention_mask, labels, task_ids, **kwargs)
+        with self._visual(visual_features):
+            return super().forward(*args, **kwargs)
 
     @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        task_ids=None,
-        visual_features: torch.Tensor | None = None,
-        **kwargs,
-    ):
+    def generate(self, *args, visual_features: torch.Tensor | None = None, **kwargs):
         """PHAModel.generate, plus `visual_features` [B, visual_dim] (configs with visual_dim)."""
-        with self._visual(visual_features, input_ids):
-            return super().generate(input_ids, attention_mask, task_ids, **kwargs)
+        with self._visual(visual_features):
+            return super().generate(*args, **kwargs)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from ... import ops
-from ...modules import HyperNetwork, InstanceRetriever, PrototypeBank
+from ...modules import InstanceRetriever, PrototypeBank
 from ...peft_model import PHAModel
 from ..base import Context, expand_rows, register
 from ..generated import (
-    adapter_shapes,
     attach_generated_upper_adapters,
     attach_shared_lower_adapters,
+    upper_adapter_hypernet,
 )
 from .config import PHAConfig
 
@@ -25,21 +25,11 @@ class PrototypeHyperAdapterModel(PHAModel):
     can_retrieve = True
 
     def build(self) -> None:
-        cfg, bb = self.method_config, self.backbone
-        d, r, e = bb.d_model, cfg.adapter_dim, cfg.hyper_embed_dim
+        cfg, d, e = self.method_config, self.backbone.d_model, self.method_config.hyper_embed_dim
         self.lower_adapters = attach_shared_lower_adapters(self)
         self.retriever = InstanceRetriever(d, cfg.retriever_hidden_dim, e)
         self.prototypes = PrototypeBank(len(cfg.tasks), e)
-        self.hypernet = HyperNetwork(
-            cond_dim=e,
-            shapes=adapter_shapes(d, r),
-            site_sizes=(len(bb.upper),),
-            site_embed_dim=e,
-            hidden_dim=cfg.hypernet_hidden_dim,
-            out_dim=cfg.hypernet_out_dim,
-            per_site=cfg.hypernet_per_layer,
-            init="hyperfanin",
-        )
+        self.hypernet = upper_adapter_hypernet(self, e, e, per_site=cfg.hypernet_per_layer)
         attach_generated_upper_adapters(self)
 
     def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:
