@@ -517,8 +517,7 @@ class PHAModel(Method, nn.Module):
         self.method_config.save_pretrained(path)
         # clone: safetensors refuses tensors sharing storage (tied embeddings in full fine-tuning)
         tensors = {n: t.clone().contiguous().cpu() for n, t in self.trainable_state_dict().items()}
-        data = save(tensors)
-        atomic_write(os.path.join(path, WEIGHTS_NAME), lambda f: f.write(data))
+        atomic_write(os.path.join(path, WEIGHTS_NAME), save(tensors))
 
     @classmethod
     def from_pretrained(
