@@ -91,9 +91,7 @@ class MethodConfig:
         """The config saved in the directory `path`, as its method's config class (on a
         subclass: that method's only)."""
         file = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"path: {path} has no {CONFIG_NAME} (not a saved pha model)")
-        with open(file) as f:
+        with open(file) as f:  # FileNotFoundError names the file
             saved = json.load(f)
         method = saved.pop("method", None)
         if method not in METHODS:
