@@ -416,14 +416,25 @@ class PHAModel(Method, nn.Module):
         """Add a task (few-shot transfer); returns its id. See the method's docs for how
         its conditioning is initialised. Encoder backbones need num_labels (a new head).
         Re-create the optimizer afterwards: new parameters were added."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty task name, got {name!r}")
         if name in self.tasks:
             raise ValueError(f"task {name!r} already exists")
-        if self.backbone_kind == "encoder" and (num_labels is None or num_labels < 1):
+        if self.backbone_kind == "encoder" and not (
+            isinstance(num_labels, int) and not isinstance(num_labels, bool) and num_labels >= 1
+        ):
             raise ValueError(
-                "add_task on an encoder backbone needs num_labels >= 1 for the new head"
+                "add_task on an encoder backbone needs num_labels: an integer >= 1 for the "
+                f"new head, got {num_labels!r}"
             )
         if self.backbone_kind != "encoder" and num_labels is not None:
             raise ValueError("num_labels is only for encoder backbones")
+        input_ids = examples.get("input_ids") if isinstance(examples, dict) else None
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or not input_ids.numel():
+            raise ValueError(
+                "examples must hold input_ids, an integer tensor [K, T] of K >= 1 tokenised "
+                f"examples (and optionally attention_mask), got {examples!r}"[:300]
+            )
         self.add_task_conditioning(examples, init)  # first: it may refuse
         if self.backbone_kind == "encoder":
             self.heads.append(nn.Linear(self.backbone.d_model, num_labels).to(self.device))

@@ -59,18 +59,33 @@ class MethodConfig:
     base_model_name_or_path: str | None = None
 
     def __post_init__(self):
+        if not isinstance(self.tasks, list | tuple):  # a string would become its letters
+            raise TypeError(f"tasks must be a list of task names, got {self.tasks!r}")
         if not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
             raise ValueError(f"tasks must be a non-empty list of task names, got {self.tasks!r}")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"task names must be unique, got {self.tasks}")
         self.tasks = list(self.tasks)
         if self.num_labels is not None:
-            self.num_labels = list(self.num_labels)
-            if len(self.num_labels) != len(self.tasks) or any(n < 1 for n in self.num_labels):
-                raise ValueError(
-                    f"num_labels must give a class count >= 1 for each of the {len(self.tasks)} "
-                    f"tasks, got {self.num_labels}"
+            counts = self.num_labels
+            if (
+                not isinstance(counts, list | tuple)
+                or len(counts) != len(self.tasks)
+                or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in counts
                 )
+            ):
+                raise ValueError(
+                    f"num_labels must give an integer class count >= 1 for each of the "
+                    f"{len(self.tasks)} tasks, got {counts!r}"
+                )
+            self.num_labels = list(counts)
+        if isinstance(self.label_smoothing, bool) or not isinstance(
+            self.label_smoothing, int | float
+        ):
+            raise ValueError(
+                f"label_smoothing must be a number in [0, 1), got {self.label_smoothing!r}"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if self.task_loss_reduction not in ("mean", "sum"):
