@@ -27,6 +27,7 @@ from .backbones import Backbone, attach
 from .checkpoint import atomic_write
 from .hub import ALIASES, cache_dir
 from .methods.base import MODELS, Context, Method, MethodConfig
+from .model_inputs import check_labels, check_tokens
 from .modules import masked_mean
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -268,6 +269,11 @@ class PHAModel(Method, nn.Module):
         Encoder: labels [B] class ids; logits [B, max(num_labels)]. T5 / decoder-only:
         labels are token ids (-100 ignored) and logits the LM logits; T5 without labels
         or decoder_input_ids decodes one step from the decoder start token."""
+        check_tokens(
+            input_ids, attention_mask, self.base_model.get_input_embeddings().num_embeddings
+        )
+        if labels is not None:
+            check_labels(labels, input_ids.shape[0], self.backbone_kind)
         pool_mask = self._pool_mask(input_ids, attention_mask, labels)
         with self._conditioned(input_ids, task_ids, pool_mask) as ctx:
             given = ctx.task_ids is not None

@@ -57,3 +57,38 @@ def test_add_task_refuses_and_changes_nothing(name, examples, num_labels, match)
     after = _state(model)
     assert before[:2] == after[:2] and before[2].keys() == after[2].keys()
     assert all(torch.equal(before[2][k], after[2][k]) for k in before[2])
+
+
+TASK_IDS = torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_forward_inputs(family):
+    """Issue 15: float labels, too few labels, float or out-of-vocabulary input_ids, an
+    empty batch."""
+    from tiny_backbones import VOCAB
+
+    model = pha.get_model(tiny(family), make_config("pha", family))
+    ids, mask, labels = batch(family)
+    with pytest.raises(
+        TypeError, match=r"input_ids must be an integer tensor \[B, T\], got torch.float32"
+    ):
+        model(ids.float(), mask, task_ids=TASK_IDS)
+    bad = ids + VOCAB
+    with pytest.raises(
+        ValueError,
+        match=rf"input_ids values must lie in \[0, {VOCAB}\) \(the backbone's vocabulary\)",
+    ):
+        model(bad, mask, task_ids=TASK_IDS)
+    with pytest.raises(
+        ValueError,
+        match=r"input_ids: expected at least one instance and one token, got shape \[0, 7\]",
+    ):
+        model(ids[:0], mask[:0], task_ids=TASK_IDS[:0])
+    with pytest.raises(TypeError, match="labels must be an integer tensor .*, got torch.float32"):
+        model(ids, mask, labels.float(), task_ids=TASK_IDS)
+    with pytest.raises(
+        ValueError, match=r"labels must have one row per instance of input_ids \(6\), got 3"
+    ):
+        model(ids, mask, labels[:3], task_ids=TASK_IDS)
+    assert torch.isfinite(model(ids, mask, labels, task_ids=TASK_IDS).loss)
