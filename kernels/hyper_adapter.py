@@ -99,7 +99,7 @@ def _configs(table: list[tuple[int, ...]], blocks: dict[str, str]) -> list[trito
 @triton.jit
 def _activate(h, ACTIVATION: tl.constexpr):
     if ACTIVATION == "relu":
-        h = tl.maximum(h, 0.0)
+        h = tl.where(h < 0.0, 0.0, h)  # not tl.maximum: NaN must stay NaN (torch.relu)
     elif ACTIVATION == "gelu":  # tanh form, tanh(u) = 1 - 2 / (exp(2u) + 1) (no libdevice)
         u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
         h = 0.5 * h * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
@@ -109,20 +109,21 @@ def _activate(h, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _activation_grad(h, ACTIVATION: tl.constexpr):
-    """d act(h) / dh, elementwise (fp32 h)."""
+def _backprop(h, g, ACTIVATION: tl.constexpr):
+    """g * act'(h), elementwise (fp32). relu selects rather than multiplies, as torch's
+    threshold_backward does: a NaN or Inf g where h <= 0 gives 0, a NaN h passes g."""
     if ACTIVATION == "relu":
-        d = tl.where(h > 0.0, 1.0, 0.0)
+        d = tl.where(h <= 0.0, 0.0, g)
     elif ACTIVATION == "gelu":
         u = 0.7978845608028654 * (h + 0.044715 * h * h * h)
         th = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
         du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * h * h)
-        d = 0.5 * (1.0 + th) + 0.5 * h * (1.0 - th * th) * du
+        d = g * (0.5 * (1.0 + th) + 0.5 * h * (1.0 - th * th) * du)
     elif ACTIVATION == "silu":
         s = 1.0 / (1.0 + tl.exp(-h))
-        d = s * (1.0 + h * (1.0 - s))
+        d = g * (s * (1.0 + h * (1.0 - s)))
     else:
-        d = tl.full(h.shape, 1.0, tl.float32)
+        d = g
     return d
 
 
@@ -202,7 +203,7 @@ def _instance_matmul_kernel(
     c_mask = row_ok[:, None] & (offs_n[None, :] < N)
     if EPI_DACT != "identity":
         h = tl.load(h_ptr + c_offs, mask=c_mask, other=0.0)
-        acc = acc * _activation_grad(h, EPI_DACT)
+        acc = _backprop(h, acc, EPI_DACT)
     tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 

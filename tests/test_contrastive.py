@@ -232,10 +232,30 @@ class TestEdgeCases:
             pha.ops.supcon_loss(z.int(), labels, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_autocast_runs_the_losses_in_fp32(backend):
+    """Under autocast a bf16 embedding meets fp32 prototypes: the losses run in fp32."""
+    if backend != "reference":
+        require(backend, "prototype")
+    z, protos, labels = make_inputs(12, 16, 3)
+    z16 = z.bfloat16().requires_grad_(True)
+    protos = protos.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sup = pha.ops.supcon_loss(z16, labels, backend=backend)
+        pro = pha.ops.prototype_loss(z16, protos, labels, backend=backend)
+    assert sup.dtype == pro.dtype == torch.float32
+    zf = z16.detach().float()
+    expected = reference.prototype_loss(zf, protos.detach(), labels, 0.1, True)
+    torch.testing.assert_close(pro, expected)
+    torch.testing.assert_close(sup, reference.supcon_loss(zf, labels, 0.1))
+    (sup + pro).backward()
+    assert z16.grad.dtype == torch.bfloat16 and protos.grad.dtype == torch.float32
+
+
 def test_cpp_kernels_check_their_inputs():
     """The C++ launchers re-check what Python validated (they never read out of bounds)."""
     require("cpp", "prototype")
-    ops = torch.ops.pha_cpu
+    ops = torch.ops.pha_C
     z, protos, labels = make_inputs(4, 8, 3)
     with pytest.raises(RuntimeError, match=r"outside \[0, 3\)"):
         ops.prototype_forward(z, protos, torch.tensor([0, 1, 7, 0]), 0.1, True)
@@ -325,8 +345,8 @@ def test_benchmark_quick(tmp_path):
 
 
 def test_portable_kernels_match_reference():
-    """The portable (non-AVX-512) build of the C++ kernels, forced with PHA_CPU_ISA=portable
-    in a fresh process (the choice is made once), against the reference, past one tile."""
+    """The portable (non-AVX-512) build of the C++ kernels, forced with PHA_CPU_ISA=generic,
+    against the reference, past one tile (in a fresh process: nothing cached leaks in)."""
     require("cpp", "supcon")
     import os
     import subprocess
@@ -354,6 +374,6 @@ def test_portable_kernels_match_reference():
         "            torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6)\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, PHA_CPU_ISA="portable")
+    env = dict(os.environ, PHA_CPU_ISA="generic")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

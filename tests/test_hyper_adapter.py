@@ -38,6 +38,13 @@ def run(fn, tensors, index, activation, grad_out):
     return out.detach(), [leaf.grad for leaf in leaves]
 
 
+def run_backend(backend, tensors, index, activation, grad_out):
+    def fn(*args, **kwargs):
+        return pha.ops.hyper_adapter(*args, **kwargs, backend=backend)
+
+    return run(fn, tensors, index, activation, grad_out)
+
+
 def check_backend(
     backend, b, t, d, r, g, dtype, activation, indexed=False, index=None, atol=None, noncontig=False
 ):
@@ -51,13 +58,7 @@ def check_backend(
         reference.hyper_adapter, [x.double() for x in tensors], index, activation, grad_out
     )
     ref_same = run(reference.hyper_adapter, tensors, index, activation, grad_out)
-    out = run(
-        lambda *a, **k: pha.ops.hyper_adapter(*a, **k, backend=backend),
-        tensors,
-        index,
-        activation,
-        grad_out,
-    )
+    out = run_backend(backend, tensors, index, activation, grad_out)
     atol = atol if atol is not None else (1e-5 if dtype == torch.float32 else 1e-2)
     names = ("out",) + tuple(f"grad {n}" for n in ARGS)
     for name, o, s, h in zip(
@@ -141,6 +142,44 @@ def test_gradcheck_float64(backend, indexed, activation):
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6)
 
 
+def _paths(backend: str) -> tuple[str | None, ...]:
+    """The C++ backend's kernel paths (PHA_CPU_ISA) this CPU runs; one run elsewhere."""
+    return pha.ops.cpu_isa_paths() if backend == "cpp" else (None,)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("where", ARGS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_values_propagate(backend, dtype, where, value, monkeypatch):
+    """NaN/Inf in x or in any weight: the output and every gradient are non-finite exactly
+    where the reference's are (relu must not turn NaN into 0), on every kernel path."""
+    require(backend, "hyper_adapter")
+    device = device_for(backend)
+    tensors, index = make_inputs(3, 4, 20, 6, 2, dtype, device, index=torch.tensor([1, 0, 1]))
+    flat = tensors[ARGS.index(where)].view(-1)
+    flat[1], flat[flat.numel() // 2] = value, value
+    grad_out = torch.randn(3, 4, 20, dtype=torch.float64, device=device)
+    for activation in ACTIVATIONS:
+        ref = run(
+            reference.hyper_adapter, [t.double() for t in tensors], index, activation, grad_out
+        )
+        for path in _paths(backend):
+            if path is not None:
+                monkeypatch.setenv("PHA_CPU_ISA", path)
+            out = run_backend(backend, tensors, index, activation, grad_out)
+            for name, got, want in zip(("out", *ARGS), [out[0], *out[1]], [ref[0], *ref[1]]):
+                what = f"{backend} {path or ''} {activation}: {name} with {value} in {where}"
+                assert torch.equal(got.isnan(), want.isnan()), f"{what}: NaN pattern differs"
+                assert torch.equal(got.isposinf(), want.isposinf()), f"{what}: +inf differs"
+                assert torch.equal(got.isneginf(), want.isneginf()), f"{what}: -inf differs"
+                finite = want.isfinite()
+                tol = 1e-4 if dtype == torch.float32 else 6e-2
+                torch.testing.assert_close(
+                    got[finite].double(), want[finite], rtol=tol, atol=tol, msg=what
+                )
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     b=st.integers(1, 4),
@@ -193,6 +232,31 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(got, eager)
     for a, b in zip(got_grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_autocast_bf16_with_fp32_weights(backend, compiled):
+    """Mixed precision: under CPU autocast a bf16 activation meets fp32 master weights; the
+    op runs in bf16 and the weights' gradients come back in fp32 (also through
+    torch.compile(fullgraph=True))."""
+    if backend != "reference":
+        require(backend, "hyper_adapter")
+    model = _TaskAdapter(3, 16, 8)
+    x, ids = torch.randn(4, 5, 16), torch.tensor([2, 0, 2, 1])
+    params = list(model.parameters())
+
+    def adapter(x):
+        return pha.ops.hyper_adapter(x, *params, index=ids, backend=backend)
+
+    fn = torch.compile(adapter, fullgraph=True, backend="aot_eager") if compiled else adapter
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fn(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().square().sum(), params)
+    assert all(g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+    ref = reference.hyper_adapter(x.bfloat16(), *(p.bfloat16() for p in params), index=ids)
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
 
 
 def test_no_grad_path_matches():

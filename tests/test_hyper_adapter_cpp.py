@@ -1,4 +1,4 @@
-"""C++ CPU hyper_adapter specifics: direct launcher calls, both ISA paths, segment layouts."""
+"""C++ CPU hyper_adapter specifics: direct launcher calls, every ISA path, segment layouts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from backend_utils import require
-from test_hyper_adapter import check_backend, make_inputs
+from test_hyper_adapter import SHAPES, check_backend, make_inputs
 
 import pha
 from pha.ops import reference
@@ -24,30 +24,34 @@ def _cpp_only():
     require("cpp", "hyper_adapter")
 
 
-@pytest.fixture(params=["avx512", "generic"])
+ISA_PATHS = ("generic", "avx512", "avx512_bf16")
+
+
+@pytest.fixture(params=ISA_PATHS)
 def isa(request, monkeypatch):
-    """Runs a test on the AVX-512 kernels and on the portable path (PHA_CPU_ISA, read per call)."""
-    monkeypatch.setenv("PHA_CPU_ISA", "auto")
-    if request.param == "avx512" and torch.ops.pha_cpu.hyper_adapter_isa() != "avx512":
-        pytest.skip("this CPU lacks AVX-512 (f/bw/vl/dq/bf16)")
+    """Runs a test on each kernel path PHA_CPU_ISA can force (read per call); a path this
+    CPU cannot run is skipped, naming what the CPU has."""
+    if request.param not in pha.ops.cpu_isa_paths():
+        pytest.skip(
+            f"this CPU cannot run the {request.param} kernels "
+            f"(features: {', '.join(pha.ops.cpu_features()) or 'none'})"
+        )
     monkeypatch.setenv("PHA_CPU_ISA", request.param)
-    assert torch.ops.pha_cpu.hyper_adapter_isa() == request.param
+    assert pha.ops.cpu_isa() == request.param
     return request.param
 
 
 def fwd(x, wd, bd, wu, bu, index=None, activation="relu", save_hidden=True):
-    return torch.ops.pha_cpu.hyper_adapter_forward(
-        x, wd, bd, wu, bu, index, activation, save_hidden
-    )
+    return torch.ops.pha_C.hyper_adapter_forward(x, wd, bd, wu, bu, index, activation, save_hidden)
 
 
 def bwd(grad_out, x, wd, wu, hidden, index=None, activation="relu"):
-    return torch.ops.pha_cpu.hyper_adapter_backward(grad_out, x, wd, wu, hidden, index, activation)
+    return torch.ops.pha_C.hyper_adapter_backward(grad_out, x, wd, wu, hidden, index, activation)
 
 
 # ---------------------------------------------------------------- launcher validation
 class TestLauncherErrors:
-    """Bad input straight to torch.ops.pha_cpu: a RuntimeError naming the problem, no crash."""
+    """Bad input straight to torch.ops.pha_C: a RuntimeError naming the problem, no crash."""
 
     def _inputs(self):
         return make_inputs(3, 2, 8, 4, 3)[0]
@@ -120,8 +124,27 @@ class TestLauncherErrors:
 
     def test_bad_isa_variable(self, monkeypatch):
         monkeypatch.setenv("PHA_CPU_ISA", "sse9")
-        with pytest.raises(RuntimeError, match="PHA_CPU_ISA must be"):
+        with pytest.raises(ValueError, match="PHA_CPU_ISA must be one of auto, generic"):
             fwd(*self._inputs())
+        with pytest.raises(ValueError, match="PHA_CPU_ISA must be"):
+            pha.ops.cpu_isa()
+
+
+@pytest.mark.parametrize("path", ISA_PATHS[1:])  # generic runs everywhere
+def test_forcing_a_path_the_cpu_lacks_raises(path, monkeypatch):
+    if path in pha.ops.cpu_isa_paths():
+        pytest.skip(f"this CPU runs {path}: nothing to refuse")
+    monkeypatch.setenv("PHA_CPU_ISA", path)
+    with pytest.raises(RuntimeError, match=f"PHA_CPU_ISA={path} names kernels this CPU cannot"):
+        fwd(*make_inputs(2, 2, 8, 4, 2)[0])
+
+
+def test_auto_takes_the_best_path(monkeypatch):
+    monkeypatch.setenv("PHA_CPU_ISA", "auto")
+    paths = pha.ops.cpu_isa_paths()
+    assert paths[0] == "generic" and pha.ops.cpu_isa() == paths[-1]
+    monkeypatch.delenv("PHA_CPU_ISA")
+    assert pha.ops.cpu_isa() == paths[-1]
 
 
 # ---------------------------------------------------------------- results
@@ -175,6 +198,15 @@ def test_tiles_and_activations(indexed, isa):
 @pytest.mark.parametrize("indexed", [False, True])
 def test_bf16_bigger_shape(indexed, isa):
     check_backend("cpp", 6, 40, 192, 64, 3 if indexed else 6, torch.bfloat16, "relu", indexed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_odd_shapes_every_path(shape, dtype, isa):
+    """Forward and every gradient against the reference, on each kernel path."""
+    b, t, d, r, g, indexed, index = SHAPES[shape]
+    for activation in ("relu", "gelu", "silu"):
+        check_backend("cpp", b, t, d, r, g, dtype, activation, indexed, index)
 
 
 def test_float64_is_exact_enough():

@@ -1,5 +1,5 @@
 // C++ CPU kernels of PHA's contrastive losses (pha.ops.supcon_loss, pha.ops.prototype_loss),
-// registered as torch.ops.pha_cpu.{supcon,prototype}_{forward,backward} on the launcher
+// registered as torch.ops.pha_C.{supcon,prototype}_{forward,backward} on the launcher
 // contract of pha/ops/contrastive.py.
 //
 // The B x B (or B x K) score matrix is never materialised. Rows are processed in tiles of
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "contrastive_simd.h"
+#include "cpu_isa.h"
 
 namespace pha_contrastive {
 namespace {
@@ -38,18 +39,8 @@ constexpr double kNormEps = 1e-12;  // F.normalize's eps
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Whether the fp32 kernels run their AVX-512 build: if this CPU has it, unless
-// PHA_CPU_ISA=portable (how the tests cover the portable build on AVX-512 machines).
-bool use_avx512() {
-  static const bool yes = [] {
-    const char* cap = std::getenv("PHA_CPU_ISA");
-    if (cap != nullptr && std::string(cap) == "portable") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  }();
-  return yes;
-}
+// The fp32 kernels run their AVX-512 build on the avx512 and avx512_bf16 paths (cpu_isa.h).
+bool use_avx512() { return pha_cpu::active_isa() != pha_cpu::Isa::Generic; }
 
 // Each kernel is compiled twice from the same always-inline code: for AVX-512 and for the
 // baseline x86-64 (where GCC lowers the 64-byte vectors through memory: correct, but far
@@ -589,18 +580,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_backward(const at::Tensor& grad_los
 }  // namespace
 }  // namespace pha_contrastive
 
-TORCH_LIBRARY_FRAGMENT(pha_cpu, m) {
-  m.def("supcon_forward(Tensor z, Tensor labels, float temperature) -> (Tensor, Tensor)");
-  m.def("supcon_backward(Tensor grad_loss, Tensor z, Tensor labels, Tensor lse, float temperature) -> Tensor");
-  m.def(
-      "prototype_forward(Tensor z, Tensor prototypes, Tensor labels, float temperature, bool exclude_positive)"
-      " -> (Tensor, Tensor)");
-  m.def(
-      "prototype_backward(Tensor grad_loss, Tensor z, Tensor prototypes, Tensor labels, Tensor lse,"
-      " float temperature, bool exclude_positive) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(pha_cpu, CPU, m) {
+TORCH_LIBRARY_IMPL(pha_C, CPU, m) {
   m.impl("supcon_forward", &pha_contrastive::supcon_forward);
   m.impl("supcon_backward", &pha_contrastive::supcon_backward);
   m.impl("prototype_forward", &pha_contrastive::prototype_forward);

@@ -10,7 +10,9 @@
 //   backward phase 2:    per (set, slice of d): grad_w_up = A^T G, grad_w_down = X^T dP and
 //                        the bias sums. Each task owns its slice of one set's gradients,
 //                        so the reduction over instances needs no atomics and no partials.
-// Arithmetic is fp32 for fp32/bf16 (bf16 operands are widened in scratch), fp64 for fp64.
+// Arithmetic is fp64 for fp64 and fp32 otherwise. bf16 operands are widened to fp32 in
+// scratch, or, on the avx512_bf16 path, stay bf16 for dot-product kernels that accumulate in
+// fp32 (act(H) and dP then round to bf16 before their products, as eager bf16 does).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -25,7 +27,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "hyper_adapter_gemm.h"
+#include "hyper_adapter_gemm_bf16.h"
 
 namespace pha_cpu {
 namespace {
@@ -49,7 +53,7 @@ Act parse_activation(const std::string& name) {
 template <typename T>
 inline T activate(T h, Act act) {
   switch (act) {
-    case Act::Relu: return h > T(0) ? h : T(0);
+    case Act::Relu: return h < T(0) ? T(0) : h;  // NaN stays NaN, as in torch.relu
     case Act::Gelu: {  // tanh form
       const T u = T(0.7978845608028654) * (h + T(0.044715) * h * h * h);
       return T(0.5) * h * (T(1) + std::tanh(u));
@@ -59,20 +63,22 @@ inline T activate(T h, Act act) {
   }
 }
 
+// g * act'(h). relu selects rather than multiplies, as torch's threshold_backward does: a
+// NaN or Inf g where h <= 0 gives 0, and a NaN h passes g.
 template <typename T>
-inline T activate_grad(T h, Act act) {
+inline T backprop(T h, T g, Act act) {
   switch (act) {
-    case Act::Relu: return h > T(0) ? T(1) : T(0);
+    case Act::Relu: return h <= T(0) ? T(0) : g;
     case Act::Gelu: {
       const T c = T(0.7978845608028654), a = T(0.044715);
       const T th = std::tanh(c * (h + a * h * h * h));
-      return T(0.5) * (T(1) + th) + T(0.5) * h * (T(1) - th * th) * c * (T(1) + T(3) * a * h * h);
+      return g * (T(0.5) * (T(1) + th) + T(0.5) * h * (T(1) - th * th) * c * (T(1) + T(3) * a * h * h));
     }
     case Act::Silu: {
       const T s = T(1) / (T(1) + std::exp(-h));
-      return s * (T(1) + h * (T(1) - s));
+      return g * (s * (T(1) + h * (T(1) - s)));
     }
-    default: return T(1);
+    default: return g;
   }
 }
 
@@ -92,17 +98,18 @@ void activate_row(T* h, int64_t n, Act act) {  // in place: h <- act(h)
   }
 }
 
-template <Act A, typename T>
-void activate_and_grad_row_as(const float* h, const T* dh, T* a, T* dp, int64_t n) {
+template <Act A, typename T, typename op_t>
+void activate_and_grad_row_as(const float* h, const T* dh, op_t* a, op_t* dp, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     const T hj = static_cast<T>(h[j]);
-    a[j] = activate(hj, A);
-    dp[j] = dh[j] * activate_grad(hj, A);
+    a[j] = static_cast<op_t>(activate(hj, A));
+    dp[j] = static_cast<op_t>(backprop(hj, dh[j], A));
   }
 }
 
-template <typename T>  // a <- act(h), dp <- dh * act'(h)
-void activate_and_grad_row(const float* h, const T* dh, T* a, T* dp, int64_t n, Act act) {
+// a <- act(h), dp <- dh * act'(h), rounded to the operand type op_t.
+template <typename T, typename op_t>
+void activate_and_grad_row(const float* h, const T* dh, op_t* a, op_t* dp, int64_t n, Act act) {
   switch (act) {
     case Act::Relu: return activate_and_grad_row_as<Act::Relu>(h, dh, a, dp, n);
     case Act::Gelu: return activate_and_grad_row_as<Act::Gelu>(h, dh, a, dp, n);
@@ -144,16 +151,16 @@ inline void convert<double, double>(const double* src, double* dst, int64_t n) {
 }
 
 // Widening into / narrowing out of the accumulation type (vectorised for bf16 on AVX-512).
-template <typename scalar_t, typename acc_t>
-inline void to_acc(const GemmOps<acc_t>& ops, const scalar_t* src, acc_t* dst, int64_t n) {
+template <typename scalar_t, typename op_t, typename acc_t>
+inline void to_acc(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, acc_t* dst, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
     ops.widen_bf16(reinterpret_cast<const uint16_t*>(src), dst, n);
   else
     convert(src, dst, n);
 }
 
-template <typename scalar_t, typename acc_t>
-inline void from_acc(const GemmOps<acc_t>& ops, const acc_t* src, scalar_t* dst, int64_t n) {
+template <typename scalar_t, typename op_t, typename acc_t>
+inline void from_acc(const GemmOps<op_t, acc_t>& ops, const acc_t* src, scalar_t* dst, int64_t n) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
     ops.narrow_bf16(src, reinterpret_cast<uint16_t*>(dst), n);
   else
@@ -229,8 +236,8 @@ void parallel_dynamic(int64_t n, const MakeWorker& make_worker) {
 
 // A weight set in the accumulation type: the tensors themselves when the dtype matches,
 // else a widened copy in scratch (made once per set per thread, not per tile).
-template <typename scalar_t, typename acc_t>
-const acc_t* as_acc(const GemmOps<acc_t>& ops, const scalar_t* src, int64_t n, Slot slot) {
+template <typename scalar_t, typename op_t, typename acc_t>
+const acc_t* as_acc(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_t n, Slot slot) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return src;
   } else {
@@ -240,39 +247,95 @@ const acc_t* as_acc(const GemmOps<acc_t>& ops, const scalar_t* src, int64_t n, S
   }
 }
 
+// A K x N panel (acc_t, row stride N) as the B operand of ops.rows: itself for fp32 / fp64
+// operands, packed by pairs of rows into scratch for bf16 dot products.
+template <typename op_t, typename acc_t>
+const op_t* as_panel(const acc_t* src, int64_t K, int64_t N, Slot slot) {
+  if constexpr (std::is_same_v<op_t, acc_t>) {
+    return src;
+  } else {
+    op_t* dst = scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
+    pack_pairs_bf16(K, N, src, N, dst);
+    return dst;
+  }
+}
+
+// Where as_panel put the panel of `src` (nothing is packed here).
+template <typename op_t, typename acc_t>
+const op_t* as_panel_of(const acc_t* src, int64_t K, int64_t N, Slot slot) {
+  if constexpr (std::is_same_v<op_t, acc_t>)
+    return src;
+  else
+    return scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
+}
+
+// A weight set of scalar_t as a panel: no copy when scalar_t is the operand type.
+template <typename scalar_t, typename op_t, typename acc_t>
+const op_t* weight_panel(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_t K,
+                         int64_t N, Slot slot) {
+  if constexpr (std::is_same_v<op_t, scalar_t> && std::is_same_v<op_t, acc_t>)
+    return src;
+  else
+    return as_panel<op_t>(as_acc(ops, src, K * N, slot), K, N, slot);
+}
+
+// Rows of operands: a row of scalar_t as op_t (itself, or widened into `buf`).
+template <typename scalar_t, typename op_t, typename acc_t>
+const op_t* as_operand(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, op_t* buf, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, op_t>) {
+    return src;
+  } else {
+    to_acc(ops, src, buf, n);  // scalar_t bf16, op_t = acc_t fp32
+    return buf;
+  }
+}
+
+// An acc_t row as op_t in place (same type) or rounded into `dst`.
+template <typename op_t, typename acc_t>
+const op_t* to_operand(const GemmOps<op_t, acc_t>& ops, const acc_t* src, op_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<op_t, acc_t>) {
+    return src;
+  } else {
+    ops.narrow_bf16(src, reinterpret_cast<uint16_t*>(dst), n);
+    return dst;
+  }
+}
+
+template <typename T>
+inline float as_float(T v) {
+  return static_cast<float>(v);
+}
+
 // ------------------------------------------------------------------ forward
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename op_t>
 void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const scalar_t* bd,
                   const scalar_t* wu, const scalar_t* bu, scalar_t* out, float* hidden, Act act,
-                  const GemmOps<acc_t>& ops) {
+                  const GemmOps<op_t, acc_t>& ops) {
   constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
   const int64_t d = p.d, r = p.r;
   const std::vector<Tile> tiles = make_tiles(p);
   parallel_dynamic(int64_t(tiles.size()), [&] {
-    return [&, loaded = int64_t(-1), Wd = (const acc_t*)nullptr, Bd = (const acc_t*)nullptr,
-            Wu = (const acc_t*)nullptr, Bu = (const acc_t*)nullptr](int64_t t) mutable {
-      std::array<const acc_t*, kTileRows> in_rows;
+    return [&, loaded = int64_t(-1), Wd = (const op_t*)nullptr, Bd = (const acc_t*)nullptr,
+            Wu = (const op_t*)nullptr, Bu = (const acc_t*)nullptr](int64_t t) mutable {
+      std::array<const op_t*, kTileRows> in_rows;
       std::array<acc_t*, kTileRows> out_rows;
       std::array<int64_t, kTileRows> orig;
       const Tile& tile = tiles[t];
       const int64_t g = p.set[tile.seg], m = tile.rows;
       if (g != loaded) {
-        Wd = as_acc<scalar_t, acc_t>(ops, wd + g * d * r, d * r, kWd);
-        Bd = as_acc<scalar_t, acc_t>(ops, bd + g * r, r, kBd);
-        Wu = as_acc<scalar_t, acc_t>(ops, wu + g * r * d, r * d, kWu);
-        Bu = as_acc<scalar_t, acc_t>(ops, bu + g * d, d, kBu);
+        Wd = weight_panel(ops, wd + g * d * r, d, r, kWd);
+        Bd = as_acc(ops, bd + g * r, r, kBd);
+        Wu = weight_panel(ops, wu + g * r * d, r, d, kWu);
+        Bu = as_acc(ops, bu + g * d, d, kBu);
         loaded = g;
       }
-      acc_t* xt = scratch<acc_t>(kX, kTileRows * d);  // widened x, later widened out
-      acc_t* at = scratch<acc_t>(kA, kTileRows * r);  // H, then act(H)
+      op_t* xt = scratch<op_t>(kX, kTileRows * d);      // widened x rows
+      acc_t* ot = scratch<acc_t>(kGx, kTileRows * d);   // out rows before narrowing
+      acc_t* at = scratch<acc_t>(kA, kTileRows * r);    // H, then act(H)
+      op_t* ao = scratch<op_t>(kCDown, kTileRows * r);  // act(H) as operand
       for (int64_t i = 0; i < m; ++i) {
         orig[i] = p.original_row(tile.seg, tile.q0 + i);
-        if constexpr (kSame) {
-          in_rows[i] = x + orig[i] * d;
-        } else {
-          to_acc(ops, x + orig[i] * d, xt + i * d, d);
-          in_rows[i] = xt + i * d;
-        }
+        in_rows[i] = as_operand(ops, x + orig[i] * d, xt + i * d, d);
         out_rows[i] = at + i * r;
       }
       ops.rows(m, r, d, in_rows.data(), Wd, r, out_rows.data(), Bd);
@@ -280,31 +343,32 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
         acc_t* h = at + i * r;
         if (hidden) convert(h, hidden + orig[i] * r, r);
         activate_row(h, r, act);
-        in_rows[i] = h;
+        in_rows[i] = to_operand(ops, h, ao + i * r, r);
         if constexpr (kSame)
           out_rows[i] = out + orig[i] * d;
         else
-          out_rows[i] = xt + i * d;
+          out_rows[i] = ot + i * d;
       }
       ops.rows(m, d, r, in_rows.data(), Wu, d, out_rows.data(), Bu);
       if constexpr (!kSame)
-        for (int64_t i = 0; i < m; ++i) from_acc(ops, xt + i * d, out + orig[i] * d, d);
+        for (int64_t i = 0; i < m; ++i) from_acc(ops, ot + i * d, out + orig[i] * d, d);
     };
   });
 }
 
 // ------------------------------------------------------------------ backward
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename op_t>
 struct Backward {
-  static constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
+  static constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;     // outputs in place
+  static constexpr bool kDirect = std::is_same_v<scalar_t, op_t>;    // inputs as operands
   const Plan& p;
   const scalar_t *gout, *x, *wd, *wu;
   const float* hidden;
   scalar_t *gx, *gwd, *gbd, *gwu, *gbu;
   Act act;
-  const GemmOps<acc_t>& ops;
-  acc_t* act_buf;   // act(H) of every token row, in segment order [B*T, r]
-  acc_t* dpre_buf;  // dP, likewise
+  const GemmOps<op_t, acc_t>& ops;
+  op_t* act_buf;   // act(H) of every token row, in segment order [B*T, r]
+  op_t* dpre_buf;  // dP, likewise
 
   // Phase 1 for one token tile: dH = G Wu^T, dP = dH * act'(H), grad_x = dP Wd^T.
   // `loaded` is the set whose transposed weights this thread holds in scratch.
@@ -313,31 +377,31 @@ struct Backward {
     acc_t* WuT = scratch<acc_t>(kWu, d * r);  // [d, r]
     acc_t* WdT = scratch<acc_t>(kWd, r * d);  // [r, d]
     if (g != loaded) {
-      ops.transpose(r, d, as_acc<scalar_t, acc_t>(ops, wu + g * r * d, r * d, kCUp), d, WuT, r);
-      ops.transpose(d, r, as_acc<scalar_t, acc_t>(ops, wd + g * d * r, d * r, kCUp), r, WdT, d);
+      ops.transpose(r, d, as_acc(ops, wu + g * r * d, r * d, kCUp), d, WuT, r);
+      ops.transpose(d, r, as_acc(ops, wd + g * d * r, d * r, kCUp), r, WdT, d);
+      as_panel<op_t>(WuT, d, r, kWu);
+      as_panel<op_t>(WdT, r, d, kWd);
       loaded = g;
     }
-    std::array<const acc_t*, kTileRows> in_rows;
+    // The panels as_panel made (scratch keeps them between tiles of one set).
+    const op_t* WuP = as_panel_of<op_t>(WuT, d, r, kWu);
+    const op_t* WdP = as_panel_of<op_t>(WdT, r, d, kWd);
+    std::array<const op_t*, kTileRows> in_rows;
     std::array<acc_t*, kTileRows> out_rows;
-    acc_t* gt = scratch<acc_t>(kX, kTileRows * d);   // widened grad_out
+    op_t* gt = scratch<op_t>(kX, kTileRows * d);      // widened grad_out
     acc_t* gxt = scratch<acc_t>(kGx, kTileRows * d);  // grad_x before narrowing
     acc_t* dh = scratch<acc_t>(kA, kTileRows * r);
     for (int64_t i = 0; i < m; ++i) {
       orig[i] = p.original_row(tile.seg, tile.q0 + i);
-      if constexpr (kSame) {
-        in_rows[i] = gout + orig[i] * d;
-      } else {
-        to_acc(ops, gout + orig[i] * d, gt + i * d, d);
-        in_rows[i] = gt + i * d;
-      }
+      in_rows[i] = as_operand(ops, gout + orig[i] * d, gt + i * d, d);
       out_rows[i] = dh + i * r;
     }
-    ops.rows(m, r, d, in_rows.data(), WuT, r, out_rows.data(), nullptr);
+    ops.rows(m, r, d, in_rows.data(), WuP, r, out_rows.data(), nullptr);
     const int64_t p0 = p.sorted_row(tile.seg, tile.q0);
     for (int64_t i = 0; i < m; ++i) {
       const float* h = hidden + orig[i] * r;
-      acc_t* a = act_buf + (p0 + i) * r;
-      acc_t* dp = dpre_buf + (p0 + i) * r;
+      op_t* a = act_buf + (p0 + i) * r;
+      op_t* dp = dpre_buf + (p0 + i) * r;
       activate_and_grad_row(h, dh + i * r, a, dp, r, act);
       in_rows[i] = dp;
       if constexpr (kSame)
@@ -345,7 +409,7 @@ struct Backward {
       else
         out_rows[i] = gxt + i * d;
     }
-    ops.rows(m, d, r, in_rows.data(), WdT, d, out_rows.data(), nullptr);
+    ops.rows(m, d, r, in_rows.data(), WdP, d, out_rows.data(), nullptr);
     if constexpr (!kSame)
       for (int64_t i = 0; i < m; ++i) from_acc(ops, gxt + i * d, gx + orig[i] * d, d);
   }
@@ -356,9 +420,9 @@ struct Backward {
   void weight_tile(const Tile& tile, const std::array<int64_t, kTileRows>& orig) const {
     const int64_t d = p.d, r = p.r, g = p.set[tile.seg], m = tile.rows;
     const bool first = tile.q0 == 0;
-    std::array<const acc_t*, kTileRows> a_rows, g_rows, x_rows, p_rows;
-    const acc_t* gt = scratch<acc_t>(kX, kTileRows * d);  // tile() widened G there
-    acc_t* xt = scratch<acc_t>(kXt, kTileRows * d);
+    std::array<const op_t*, kTileRows> a_rows, g_rows, x_rows, p_rows;
+    const op_t* gt = scratch<op_t>(kX, kTileRows * d);  // tile() widened G there
+    op_t* xt = scratch<op_t>(kXt, kTileRows * d);
     acc_t* bup = scratch<acc_t>(kBu, d);
     acc_t* bdown = scratch<acc_t>(kBd, r);
     if (first) {
@@ -367,18 +431,15 @@ struct Backward {
     }
     const int64_t p0 = p.sorted_row(tile.seg, tile.q0);
     for (int64_t i = 0; i < m; ++i) {
-      if constexpr (kSame) {
+      if constexpr (kDirect)
         g_rows[i] = gout + orig[i] * d;
-        x_rows[i] = x + orig[i] * d;
-      } else {
+      else
         g_rows[i] = gt + i * d;
-        to_acc(ops, x + orig[i] * d, xt + i * d, d);
-        x_rows[i] = xt + i * d;
-      }
+      x_rows[i] = as_operand(ops, x + orig[i] * d, xt + i * d, d);
       a_rows[i] = act_buf + (p0 + i) * r;
       p_rows[i] = dpre_buf + (p0 + i) * r;
-      for (int64_t j = 0; j < d; ++j) bup[j] += g_rows[i][j];
-      for (int64_t j = 0; j < r; ++j) bdown[j] += p_rows[i][j];
+      for (int64_t j = 0; j < d; ++j) bup[j] += as_float(g_rows[i][j]);
+      for (int64_t j = 0; j < r; ++j) bdown[j] += as_float(p_rows[i][j]);
     }
     acc_t* c_up;
     if constexpr (kSame)
@@ -420,10 +481,10 @@ struct Backward {
   void weight_slice(int64_t s, int64_t j0) const {
     const int64_t d = p.d, r = p.r, g = p.set[s], n = p.rows(s);
     const int64_t js = std::min(kSliceCols, d - j0);
-    auto& a_rows = pointer_table<const acc_t*>(0, kChunkRows);  // act(H) rows
-    auto& g_rows = pointer_table<const acc_t*>(1, kChunkRows);  // grad_out rows
-    auto& x_rows = pointer_table<const acc_t*>(2, kChunkRows);  // x rows
-    auto& p_rows = pointer_table<const acc_t*>(3, kChunkRows);  // dP rows
+    auto& a_rows = pointer_table<const op_t*>(0, kChunkRows);  // act(H) rows
+    auto& g_rows = pointer_table<const op_t*>(1, kChunkRows);  // grad_out rows
+    auto& x_rows = pointer_table<const op_t*>(2, kChunkRows);  // x rows
+    auto& p_rows = pointer_table<const op_t*>(3, kChunkRows);  // dP rows
     acc_t* bup = scratch<acc_t>(kBu, kSliceCols);
     acc_t* bdown = scratch<acc_t>(kBd, r);
     std::fill(bup, bup + js, acc_t(0));
@@ -444,9 +505,9 @@ struct Backward {
     for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kChunkRows) {
       const int64_t kc = std::min(kChunkRows, n - k0);
       int64_t col0 = j0;  // where slice column 0 sits in a g/x row
-      if constexpr (!kSame) {
-        acc_t* gc = scratch<acc_t>(kX, 2 * kChunkRows * kSliceCols);
-        acc_t* xc = gc + kChunkRows * kSliceCols;
+      if constexpr (!kDirect) {
+        op_t* gc = scratch<op_t>(kX, 2 * kChunkRows * kSliceCols);
+        op_t* xc = gc + kChunkRows * kSliceCols;
         for (int64_t k = 0; k < kc; ++k) {
           const int64_t row = p.original_row(s, k0 + k);
           to_acc(ops, gout + row * d + j0, gc + k * kSliceCols, js);
@@ -466,9 +527,9 @@ struct Backward {
         const int64_t sorted = p.sorted_row(s, k0 + k);
         a_rows[k] = act_buf + sorted * r;
         p_rows[k] = dpre_buf + sorted * r;
-        for (int64_t j = 0; j < js; ++j) bup[j] += g_rows[k][col0 + j];
+        for (int64_t j = 0; j < js; ++j) bup[j] += as_float(g_rows[k][col0 + j]);
         if (j0 == 0)
-          for (int64_t j = 0; j < r; ++j) bdown[j] += p_rows[k][j];
+          for (int64_t j = 0; j < r; ++j) bdown[j] += as_float(p_rows[k][j]);
       }
       const bool acc = k0 > 0;
       ops.cols(r, js, kc, a_rows.data(), 0, g_rows.data(), col0, c_up, ld_up, acc);
@@ -527,36 +588,31 @@ struct Backward {
   }
 };
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename op_t>
 void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const scalar_t* wd,
                    const scalar_t* wu, const float* hidden, scalar_t* gx, scalar_t* gwd,
                    scalar_t* gbd, scalar_t* gwu, scalar_t* gbu, Act act,
-                   const GemmOps<acc_t>& ops) {
+                   const GemmOps<op_t, acc_t>& ops) {
   const int64_t rows_r = p.B * p.T * p.r;
-  Backward<scalar_t, acc_t>{p,   gout, x,   wd,  wu,  hidden, gx, gwd, gbd, gwu, gbu, act, ops,
-                            scratch<acc_t>(kActBuf, rows_r), scratch<acc_t>(kDpreBuf, rows_r)}
+  Backward<scalar_t, acc_t, op_t>{p,  gout, x,  wd,  wu,  hidden, gx, gwd, gbd, gwu, gbu, act,
+                                  ops, scratch<op_t>(kActBuf, rows_r),
+                                  scratch<op_t>(kDpreBuf, rows_r)}
       .run();
 }
 
 // ------------------------------------------------------------------ validation
-bool force_generic() {
-  const char* isa = std::getenv("PHA_CPU_ISA");  // read per call: tests switch it
-  if (isa == nullptr || std::string(isa).empty() || std::string(isa) == "auto") return false;
-  TORCH_CHECK(std::string(isa) == "generic" || std::string(isa) == "avx512",
-              "PHA_CPU_ISA must be 'auto', 'avx512' or 'generic', got '", isa, "'");
-  return std::string(isa) == "generic";
-}
-
-bool use_avx512() {
-  static const bool supported = cpu_has_avx512();
-  return supported && !force_generic();
-}
-
-template <typename acc_t>
-GemmOps<acc_t> select_ops() {
+// Calls run(ops) with the GEMM ops of the active ISA path for scalar_t inputs: the portable
+// templates for float64 and PHA_CPU_ISA=generic, the fp32 AVX-512 kernels for fp32 (and
+// bf16, widened, on the avx512 path), the bf16 dot-product kernels for bf16 on avx512_bf16.
+template <typename scalar_t, typename Run>
+void with_ops(const Run& run) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const Isa isa = active_isa();
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+    if (isa == Isa::Avx512Bf16) return run(avx512_bf16_ops());
   if constexpr (std::is_same_v<acc_t, float>)
-    if (use_avx512()) return avx512_ops();
-  return generic_ops<acc_t>();  // float64, CPUs without AVX-512, or PHA_CPU_ISA=generic
+    if (isa != Isa::Generic) return run(avx512_ops());
+  run(generic_ops<acc_t>());
 }
 
 void check_tensor(const at::Tensor& t, const char* name, int64_t dim) {
@@ -633,12 +689,11 @@ std::tuple<at::Tensor, at::Tensor> hyper_adapter_forward(
   const Plan plan = make_plan(n.B, n.T, n.d, n.r, n.G, index);
   float* hid = save_hidden ? hidden.data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "hyper_adapter_forward", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const GemmOps<acc_t> ops = select_ops<acc_t>();
-    forward_impl<scalar_t, acc_t>(plan, x.data_ptr<scalar_t>(), w_down.data_ptr<scalar_t>(),
-                                  b_down.data_ptr<scalar_t>(), w_up.data_ptr<scalar_t>(),
-                                  b_up.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), hid, act,
-                                  ops);
+    with_ops<scalar_t>([&](const auto& ops) {
+      forward_impl(plan, x.data_ptr<scalar_t>(), w_down.data_ptr<scalar_t>(),
+                   b_down.data_ptr<scalar_t>(), w_up.data_ptr<scalar_t>(),
+                   b_up.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), hid, act, ops);
+    });
   });
   return {out, hidden};
 }
@@ -665,35 +720,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hyper_ada
     if (!used[g])
       for (at::Tensor* t : {&gwd, &gwu, &gbd, &gbu}) (*t)[g].zero_();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "hyper_adapter_backward", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const GemmOps<acc_t> ops = select_ops<acc_t>();
-    backward_impl<scalar_t, acc_t>(
-        plan, grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w_down.data_ptr<scalar_t>(),
-        w_up.data_ptr<scalar_t>(), hidden.data_ptr<float>(), gx.data_ptr<scalar_t>(),
-        gwd.data_ptr<scalar_t>(), gbd.data_ptr<scalar_t>(), gwu.data_ptr<scalar_t>(),
-        gbu.data_ptr<scalar_t>(), act, ops);
+    with_ops<scalar_t>([&](const auto& ops) {
+      backward_impl(plan, grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                    w_down.data_ptr<scalar_t>(), w_up.data_ptr<scalar_t>(),
+                    hidden.data_ptr<float>(), gx.data_ptr<scalar_t>(), gwd.data_ptr<scalar_t>(),
+                    gbd.data_ptr<scalar_t>(), gwu.data_ptr<scalar_t>(), gbu.data_ptr<scalar_t>(),
+                    act, ops);
+    });
   });
   return {gx, gwd, gbd, gwu, gbu};
 }
 
-std::string hyper_adapter_isa() { return use_avx512() ? "avx512" : "generic"; }
-
 }  // namespace
 }  // namespace pha_cpu
 
-TORCH_LIBRARY_FRAGMENT(pha_cpu, m) {
-  m.def(
-      "hyper_adapter_forward(Tensor x, Tensor w_down, Tensor b_down, Tensor w_up, Tensor b_up, "
-      "Tensor? index, str activation, bool save_hidden) -> (Tensor, Tensor)");
-  m.def(
-      "hyper_adapter_backward(Tensor grad_out, Tensor x, Tensor w_down, Tensor w_up, "
-      "Tensor hidden, Tensor? index, str activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Which kernels a call would run now ("avx512" or "generic"; PHA_CPU_ISA=generic forces
-  // the portable path).
-  m.def("hyper_adapter_isa() -> str", &pha_cpu::hyper_adapter_isa);
-}
-
-TORCH_LIBRARY_IMPL(pha_cpu, CPU, m) {
+TORCH_LIBRARY_IMPL(pha_C, CPU, m) {
   m.impl("hyper_adapter_forward", &pha_cpu::hyper_adapter_forward);
   m.impl("hyper_adapter_backward", &pha_cpu::hyper_adapter_backward);
 }

@@ -21,14 +21,16 @@
 
 namespace pha_cpu {
 
-template <typename acc_t>
+// op_t is the type of the GEMM operands, acc_t that of the results (fp32 for bf16 operands).
+template <typename op_t, typename acc_t = op_t>
 struct GemmOps {
-  // C rows c[i][0:N] = (bias ? bias : 0) + sum_k a[i][k] * b[k * ldb + 0:N], i < M.
-  void (*rows)(int64_t M, int64_t N, int64_t K, const acc_t* const* a, const acc_t* b,
+  // C rows c[i][0:N] = (bias ? bias : 0) + sum_k a[i][k] * B[k][0:N], i < M. B is a K x N
+  // panel (row stride ldb = N) in the layout the ops take (see pack_panel in the caller).
+  void (*rows)(int64_t M, int64_t N, int64_t K, const op_t* const* a, const op_t* b,
                int64_t ldb, acc_t* const* c, const acc_t* bias);
   // c[i * ldc + j] (+)= sum_k ak[k][aoff + i] * bk[k][boff + j], i < M, j < N.
-  void (*cols)(int64_t M, int64_t N, int64_t K, const acc_t* const* ak, int64_t aoff,
-               const acc_t* const* bk, int64_t boff, acc_t* c, int64_t ldc, bool accumulate);
+  void (*cols)(int64_t M, int64_t N, int64_t K, const op_t* const* ak, int64_t aoff,
+               const op_t* const* bk, int64_t boff, acc_t* c, int64_t ldc, bool accumulate);
   // dst[j * ld_dst + i] = src[i * ld_src + j], i < rows, j < cols.
   void (*transpose)(int64_t rows, int64_t cols, const acc_t* src, int64_t ld_src, acc_t* dst,
                     int64_t ld_dst);
@@ -96,14 +98,7 @@ GemmOps<acc_t> generic_ops() {
 }
 
 // ---------------------------------------------------------------- AVX-512 (fp32)
-#define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
-
-inline bool cpu_has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
-}
+#define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 
 // Rows of accumulators per micro-tile for NV vectors per row: ~24 accumulators, at most
 // 8 A-row pointers (they live in general-purpose registers).
@@ -135,19 +130,20 @@ PHA_AVX512 inline void store_cols(float* p, int v, int nv, __mmask16 last, __m51
   if constexpr (i < MR && v < NV)        \
     acc##i##v = _mm512_fmadd_ps(_mm512_set1_ps(A_AT(i)), b##v, acc##i##v);
 
+// The accumulators acc<i><v> of a rows tile, starting at the bias columns (bias, last and
+// NV in scope) or zero.
+#define PHA_INIT_FROM_BIAS(v)               \
+  __m512 init##v = _mm512_setzero_ps();     \
+  if constexpr (v < NV)                     \
+    if (bias) init##v = load_cols(bias, v, NV, last);
+#define PHA_DECL_FROM_INIT(i, v) __m512 acc##i##v = init##v;
+#define PHA_ROWS_ACCUMULATORS PHA_EACH_V(PHA_INIT_FROM_BIAS) PHA_EACH_IV(PHA_DECL_FROM_INIT)
+
 template <int MR, int NV>
 PHA_AVX512 void rows_tile(int64_t K, const float* const* a, const float* b, int64_t ldb,
                           float* const* c, int64_t coff, const float* bias, __mmask16 last) {
   static_assert(MR <= 8 && NV <= 4, "micro-tile larger than the named accumulators");
-#define PHA_INIT(v)                                    \
-  __m512 init##v = _mm512_setzero_ps();                \
-  if constexpr (v < NV)                                \
-    if (bias) init##v = load_cols(bias, v, NV, last);
-  PHA_EACH_V(PHA_INIT)
-#undef PHA_INIT
-#define PHA_DECL(i, v) __m512 acc##i##v = init##v;
-  PHA_EACH_IV(PHA_DECL)
-#undef PHA_DECL
+  PHA_ROWS_ACCUMULATORS
 #define PHA_ROW(i) const float* a##i = i < MR ? a[i] : nullptr;
   PHA_EACH_I(PHA_ROW)
 #undef PHA_ROW
@@ -304,11 +300,18 @@ PHA_AVX512 inline void widen_bf16_avx512(const uint16_t* src, float* dst, int64_
   }
 }
 
+// Round to nearest even in integer arithmetic (no AVX512_BF16 needed); NaN -> quiet NaN.
 PHA_AVX512 inline void narrow_bf16_avx512(const float* src, uint16_t* dst, int64_t n) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
+  const __m512i qnan = _mm512_set1_epi32(0x7FC0);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
-    const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i));
-    _mm256_mask_storeu_epi16(dst + i, m, reinterpret_cast<const __m256i&>(h));
+    const __m512 v = _mm512_maskz_loadu_ps(m, src + i);
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(bias, odd)), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
+    _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(r));
   }
 }
 

@@ -1,4 +1,4 @@
-// torch binding of the CUDA contrastive losses: torch.ops.pha_cuda.{supcon,prototype}_
+// torch binding of the CUDA contrastive losses: torch.ops.pha_C.{supcon,prototype}_
 // {forward,backward} on the launcher contract of pha.ops.contrastive. Every argument is
 // checked here before a pointer reaches the C launchers of contrastive.h. The kernels
 // never use a label as an address (they only compare labels), so no label value can make
@@ -174,20 +174,7 @@ std::tuple<at::Tensor, at::Tensor> prototype_backward(const at::Tensor& grad_los
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(pha_cuda, m) {
-  m.def("supcon_forward(Tensor z, Tensor labels, float temperature) -> (Tensor, Tensor)");
-  m.def(
-      "supcon_backward(Tensor grad_loss, Tensor z, Tensor labels, Tensor lse, float temperature)"
-      " -> Tensor");
-  m.def(
-      "prototype_forward(Tensor z, Tensor prototypes, Tensor labels, float temperature,"
-      " bool exclude_positive) -> (Tensor, Tensor)");
-  m.def(
-      "prototype_backward(Tensor grad_loss, Tensor z, Tensor prototypes, Tensor labels,"
-      " Tensor lse, float temperature, bool exclude_positive) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(pha_cuda, CUDA, m) {
+TORCH_LIBRARY_IMPL(pha_C, CUDA, m) {
   m.impl("supcon_forward", &supcon_forward);
   m.impl("supcon_backward", &supcon_backward);
   m.impl("prototype_forward", &prototype_forward);

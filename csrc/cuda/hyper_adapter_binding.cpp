@@ -1,7 +1,7 @@
 // Torch binding of the CUDA hyper_adapter kernels (hyper_adapter_kernels.cu): checks every
 // argument, allocates the outputs and launches on the current stream. Registered as
-// torch.ops.pha_cuda.hyper_adapter_forward / hyper_adapter_backward with the schemas of the
-// C++ CPU backend (the launcher contract of pha/ops/hyper_adapter.py).
+// torch.ops.pha_C.hyper_adapter_forward / hyper_adapter_backward, whose schemas pha._C
+// defines (csrc/cpu/module.cpp; the launcher contract of pha/ops/hyper_adapter.py).
 // Only ATen, torch/library.h and c10/cuda (not torch/extension.h with pybind, nor
 // ATen/cuda/CUDAContext.h, which needs the cuBLAS/cuSPARSE headers): this file then also
 // compiles against a CPU torch plus the bare CUDA runtime headers, as a test checks.
@@ -158,16 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hyper_ada
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(pha_cuda, m) {
-  m.def(
-      "hyper_adapter_forward(Tensor x, Tensor w_down, Tensor b_down, Tensor w_up, Tensor b_up, "
-      "Tensor? index, str activation, bool save_hidden) -> (Tensor, Tensor)");
-  m.def(
-      "hyper_adapter_backward(Tensor grad_out, Tensor x, Tensor w_down, Tensor w_up, "
-      "Tensor hidden, Tensor? index, str activation) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(pha_cuda, CUDA, m) {
+TORCH_LIBRARY_IMPL(pha_C, CUDA, m) {
   m.impl("hyper_adapter_forward", &hyper_adapter_forward);
   m.impl("hyper_adapter_backward", &hyper_adapter_backward);
 }

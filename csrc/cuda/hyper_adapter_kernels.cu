@@ -52,7 +52,7 @@ __device__ __forceinline__ float rounded(float v) {
 __device__ __forceinline__ float activate(float h, pha_activation act) {
   switch (act) {
     case PHA_ACT_RELU:
-      return fmaxf(h, 0.f);
+      return h < 0.f ? 0.f : h;  // not fmaxf: NaN must stay NaN, as in torch.relu
     case PHA_ACT_GELU:
       return 0.5f * h * (1.f + tanhf(kSqrt2OverPi * (h + kGeluCubic * h * h * h)));
     case PHA_ACT_SILU:
@@ -62,21 +62,23 @@ __device__ __forceinline__ float activate(float h, pha_activation act) {
   }
 }
 
-__device__ __forceinline__ float activation_grad(float h, pha_activation act) {
+// g * act'(h). relu selects rather than multiplies, as torch's threshold_backward does: a
+// NaN or Inf g where h <= 0 gives 0, and a NaN h passes g.
+__device__ __forceinline__ float backprop(float h, float g, pha_activation act) {
   switch (act) {
     case PHA_ACT_RELU:
-      return h > 0.f ? 1.f : 0.f;
+      return h <= 0.f ? 0.f : g;
     case PHA_ACT_GELU: {
       const float th = tanhf(kSqrt2OverPi * (h + kGeluCubic * h * h * h));
       const float du = kSqrt2OverPi * (1.f + 3.f * kGeluCubic * h * h);
-      return 0.5f * (1.f + th) + 0.5f * h * (1.f - th * th) * du;
+      return g * (0.5f * (1.f + th) + 0.5f * h * (1.f - th * th) * du);
     }
     case PHA_ACT_SILU: {
       const float s = 1.f / (1.f + expf(-h));
-      return s * (1.f + h * (1.f - s));
+      return g * (s * (1.f + h * (1.f - s)));
     }
     default:
-      return 1.f;
+      return g;
   }
 }
 
@@ -131,7 +133,7 @@ __global__ void instance_matmul_kernel(const TA* __restrict__ a, const TW* __res
     if (t >= T) break;
     const int64_t offset = (b * T + t) * N + n;
     float v = acc[i] + bias_v;
-    if (epi_dact != PHA_ACT_IDENTITY) v *= activation_grad(h[offset], epi_dact);
+    if (epi_dact != PHA_ACT_IDENTITY) v = backprop(h[offset], v, epi_dact);
     c[offset] = from_float<TC>(v);
   }
 }

@@ -11,6 +11,7 @@ import importlib
 import os
 import warnings
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -63,6 +64,9 @@ def _load_cuda() -> ModuleType | None:
     if not torch.cuda.is_available():
         _unavailable_reason["cuda"] = "no CUDA device"
         return None
+    if _load_cpp() is None:  # pha._C defines the schemas that pha._C_cuda implements
+        _unavailable_reason["cuda"] = "the C++ extension pha._C (the op schemas) is not built"
+        return None
     try:
         return importlib.import_module("pha._C_cuda")
     except ImportError as err:
@@ -97,9 +101,21 @@ def _runs_on(name: str, device: torch.device) -> bool:
     return False
 
 
+# The dispatch key under which each compiled backend registers its kernels in torch.ops.pha_C.
+_DISPATCH_KEY = {"cpp": "CPU", "cuda": "CUDA"}
+
+
 def implements(name: str, op: str) -> bool:
     """Whether backend `name` has launchers for `op` (`<op>_forward` / `<op>_backward`)."""
-    return name == "reference" or hasattr(module(name), f"{op}_forward")
+    if name == "reference":
+        return True
+    launchers = module(name)
+    if not hasattr(launchers, f"{op}_forward"):
+        return False
+    if name in _DISPATCH_KEY:  # one schema, one kernel per device: is this device's there?
+        qualname = f"pha_C::{op}_forward"
+        return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, _DISPATCH_KEY[name])
+    return True
 
 
 # Traced as a constant under torch.compile: its imports and environment look-ups are not
@@ -128,12 +144,32 @@ def resolve(
     return "reference"
 
 
-def module(name: str) -> ModuleType:
-    """The Python module that holds a backend's launchers."""
-    if name == "cpp":
-        return importlib.import_module("pha.ops._cpp")
+def module(name: str) -> Any:
+    """What holds a backend's launchers: torch.ops.pha_C (the C++ and CUDA kernels, one
+    schema per op, dispatched on the tensors' device) or the Triton module."""
     if name == "triton":
         return importlib.import_module("pha.kernels")
-    if name == "cuda":
-        return importlib.import_module("pha.ops._cuda")
+    if name in _DISPATCH_KEY:
+        loaded = _load_cpp() if name == "cpp" else _load_cuda()
+        if loaded is None:
+            raise RuntimeError(f"backend {name!r} is not available: {unavailable_reason(name)}")
+        return torch.ops.pha_C
     raise ValueError(f"backend {name!r} has no launcher module")
+
+
+def cpu_isa() -> str:
+    """The C++ CPU kernels' instruction-set path for a call made now: "generic",
+    "avx512" or "avx512_bf16" (the best this CPU runs, or the one PHA_CPU_ISA names;
+    naming one this CPU cannot run raises)."""
+    return str(module("cpp").cpu_isa())
+
+
+def cpu_isa_paths() -> tuple[str, ...]:
+    """Every path PHA_CPU_ISA can force on this CPU, "generic" first."""
+    return tuple(module("cpp").cpu_isa_paths())
+
+
+def cpu_features() -> tuple[str, ...]:
+    """The CPU features the C++ extension detected (avx512, avx512_bf16, avx512_fp16,
+    amx_bf16): recorded by the benchmarks."""
+    return tuple(module("cpp").cpu_features())

@@ -8,7 +8,8 @@ torch.library custom ops like hyper_adapter's (see that module's docstring):
   pha::prototype_bwd -> (grad_z, grad_prototypes)
 loss and lse are fp32 (fp64 for fp64 inputs); the public functions cast the loss to z.dtype.
 Each backend module provides supcon_forward / supcon_backward / prototype_forward /
-prototype_backward with these signatures (see pha.ops._cpp, pha.kernels, pha.ops._cuda).
+prototype_backward with these signatures (torch.ops.pha_C for the C++ and CUDA kernels,
+pha.kernels for Triton).
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ def _validate_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def _autocast_fp32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Under autocast the losses run in fp32, as torch's autocast runs its losses: a bf16 or
+    fp16 embedding from an autocast matmul meets fp32 prototypes."""
+    if not torch.is_autocast_enabled(tensors[0].device.type):
+        return tensors
+    return tuple(t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in tensors)
+
+
 def _validate_z(z: torch.Tensor) -> None:
     _checks.floating("z", z, _DTYPES)
     _checks.shape("z", z, (None, None), "[B, D]")
@@ -169,12 +178,14 @@ def supcon_loss(
         A scalar: the mean over rows with at least one positive; 0 (zero gradient) if none.
     """
     _validate_z(z)
+    (z,) = _autocast_fp32(z)
     temperature = _validate_temperature(temperature)
     _checks.same_device({"z": z, "labels": _checks.tensor("labels", labels)})
     labels = _checks.index_tensor("labels", labels, z.shape[0], 2**62, "one class id per row of z")
     name = _backend.resolve(backend, z.device, "supcon", z.dtype)
     if name == "reference":
-        return reference.supcon_loss(z, labels, temperature)
+        with torch.autocast(z.device.type, enabled=False):  # in fp32, as the kernels
+            return reference.supcon_loss(z, labels, temperature)
     loss, _ = _supcon_forward(z.contiguous(), labels, temperature, name)
     return loss.to(z.dtype)
 
@@ -198,6 +209,7 @@ def prototype_loss(
     """
     _validate_z(z)
     _checks.floating("prototypes", prototypes, _DTYPES)
+    z, prototypes = _autocast_fp32(z, prototypes)
     _checks.shape("prototypes", prototypes, (None, z.shape[1]), f"[K, D={z.shape[1]}]")
     _checks.same_dtype({"z": z, "prototypes": prototypes})
     temperature = _validate_temperature(temperature)
@@ -210,7 +222,8 @@ def prototype_loss(
     )
     name = _backend.resolve(backend, z.device, "prototype", z.dtype)
     if name == "reference":
-        return reference.prototype_loss(z, prototypes, labels, temperature, exclude_positive)
+        with torch.autocast(z.device.type, enabled=False):  # in fp32, as the kernels
+            return reference.prototype_loss(z, prototypes, labels, temperature, exclude_positive)
     exclude_positive = bool(exclude_positive)
     loss, _ = _prototype_forward(
         z.contiguous(), prototypes.contiguous(), labels, temperature, exclude_positive, name

@@ -6,7 +6,7 @@ torch.compile(fullgraph=True) and opcheck all see one opaque, well-described op:
                                              kept for backward (small: r << d)
   pha::hyper_adapter_bwd -> (dx, dw_down, db_down, dw_up, db_up)
 Each backend module provides hyper_adapter_forward / hyper_adapter_backward with these
-signatures (see pha.ops._cpp, pha.kernels, pha.ops._cuda).
+signatures (torch.ops.pha_C for the C++ and CUDA kernels, pha.kernels for Triton).
 """
 
 from __future__ import annotations
@@ -102,6 +102,20 @@ def _backward_flops(grad_out_shape, x_shape, w_down_shape, *args, out_shape=None
     return 8 * n * t * d * w_down_shape[2]  # d_hidden, dx, dw_up, dw_down
 
 
+def _autocast(tensors: tuple) -> tuple:
+    """Under autocast, the fp32 inputs in the autocast dtype, as torch.matmul would take
+    them (a bf16 activation meets fp32 master weights in mixed-precision training); the
+    casts are differentiable, so the weights' gradients arrive in fp32."""
+    x = tensors[0]
+    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(x.device.type)
+    return tuple(
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t
+        for t in tensors
+    )
+
+
 def _validate(x, w_down, b_down, w_up, b_up, index, activation):
     for name, t in (
         ("x", x),
@@ -155,8 +169,10 @@ def hyper_adapter(
         activation: "relu", "gelu" (tanh form), "silu" or "identity".
         backend: "reference", "cpp", "triton", "cuda", or None for the fastest available.
     Returns:
-        [B, T, d], the dtype of x.
+        [B, T, d], the dtype of x (under autocast, fp32 inputs are first cast to the
+        autocast dtype).
     """
+    x, w_down, b_down, w_up, b_up = _autocast((x, w_down, b_down, w_up, b_up))
     index = _validate(x, w_down, b_down, w_up, b_up, index, activation)
     name = _backend.resolve(backend, x.device, _OP, x.dtype)
     if name == "reference":

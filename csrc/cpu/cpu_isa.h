@@ -1,0 +1,34 @@
+// Which instruction set the C++ CPU kernels run on, chosen at run time.
+//
+// The extension is compiled for baseline x86-64; the AVX-512 micro-kernels carry
+// per-function target attributes and only run when the CPU (and OS) support them. The
+// path is the best the CPU runs, or the one PHA_CPU_ISA names (read on every call, so
+// tests can switch it): generic | avx512 | avx512_bf16 | auto. Naming a path this CPU
+// cannot run is an error, never a silent fallback.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace pha_cpu {
+
+enum class Isa {
+  Generic,     // portable C++ (any x86-64); the only path for float64
+  Avx512,      // AVX-512F/BW/VL/DQ + FMA fp32 micro-kernels; bf16 widened to fp32
+  Avx512Bf16,  // as Avx512, and bf16 products on AVX512_BF16 dot products (vdpbf16ps)
+};
+
+// Features detected once (cpuid, and xgetbv for the OS-enabled register state).
+struct CpuFeatures {
+  bool avx512;       // avx512f, avx512bw, avx512vl, avx512dq and fma
+  bool avx512_bf16;  // vdpbf16ps / vcvtne2ps2bf16
+  bool avx512_fp16;  // detected and reported; no kernel uses it (no fp16 CPU path)
+  bool amx_bf16;     // detected and reported (tile state enabled); no AMX kernel yet
+};
+
+const CpuFeatures& cpu_features();
+Isa active_isa();                          // throws on an unknown or unrunnable PHA_CPU_ISA
+const char* isa_name(Isa isa);
+std::vector<std::string> runnable_isas();  // e.g. {"generic", "avx512", "avx512_bf16"}
+
+}  // namespace pha_cpu

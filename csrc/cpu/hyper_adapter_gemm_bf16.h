@@ -1,0 +1,252 @@
+// bf16 GEMM blocks of the fused hyper-adapter on AVX512_BF16 (PHA_CPU_ISA=avx512_bf16).
+//
+// vdpbf16ps multiplies pairs of bf16 and adds both products to one fp32 lane: lane j of
+// C += A[k] * B[k][j] + A[k+1] * B[k+1][j]. The operands stay bf16 (half the bytes of
+// widened fp32, no conversion pass) and accumulation is fp32; products are exact, inputs
+// and outputs that are denormal are flushed to zero (the instruction's rule).
+//   rows: B is a weight panel packed once per weight set as pairs of k rows
+//         (pack_pairs_bf16), A a row of bf16 whose (k, k+1) pair is one 32-bit broadcast.
+//   cols: both operands are token rows; each pair of rows of B is interleaved in registers
+//         (unpacklo/hi_epi16), which permutes the columns within a 32-column group; the
+//         accumulators are put back in column order once, at the store.
+// Same MR x NV register blocking (named accumulators) as the fp32 kernels.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "hyper_adapter_gemm.h"
+
+namespace pha_cpu {
+
+#define PHA_AVX512_BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+
+using bf16 = c10::BFloat16;
+
+// dst[(k / 2) * 2N + 2j + k % 2] = src[k * ld + j] rounded to bf16; an odd K's last pair is
+// padded with zeros. dst holds 2 * ceil(K / 2) * N values.
+inline void pack_pairs_bf16(int64_t K, int64_t N, const float* src, int64_t ld, bf16* dst) {
+  for (int64_t k = 0; k < K; k += 2)
+    for (int64_t j = 0; j < N; ++j) {
+      bf16* p = dst + (k / 2) * 2 * N + 2 * j;
+      p[0] = bf16(src[k * ld + j]);
+      p[1] = k + 1 < K ? bf16(src[(k + 1) * ld + j]) : bf16(0.f);
+    }
+}
+
+// The (k, k + 1) pair of a bf16 row as one 32-bit value (k + 1 == K: upper half zero).
+inline uint32_t pair_at(const bf16* row, int64_t k, bool has_second) {
+  uint32_t v;
+  if (has_second) {
+    std::memcpy(&v, row + k, 4);
+  } else {
+    uint16_t lo;
+    std::memcpy(&lo, row + k, 2);
+    v = lo;
+  }
+  return v;
+}
+
+PHA_AVX512_BF16 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
+
+#define PHA_DP(i, v)               \
+  if constexpr (i < MR && v < NV)  \
+    acc##i##v = _mm512_dpbf16_ps(acc##i##v, as_bh(_mm512_set1_epi32(A_AT(i))), b##v);
+
+// C rows c[i][coff + 0:16NV] = bias + sum_k a[i][k] * B[k][0:16NV], B packed by pairs.
+template <int MR, int NV>
+PHA_AVX512_BF16 void rows_bf16_tile(int64_t K, const bf16* const* a, const bf16* bp, int64_t ldp,
+                                    float* const* c, int64_t coff, const float* bias,
+                                    __mmask16 last) {
+  static_assert(MR <= 8 && NV <= 4, "micro-tile larger than the named accumulators");
+  PHA_ROWS_ACCUMULATORS
+#define PHA_ROW(i) const bf16* a##i = i < MR ? a[i] : nullptr;
+  PHA_EACH_I(PHA_ROW)
+#undef PHA_ROW
+  for (int64_t k = 0; k < K; k += 2) {
+    const bool both = k + 1 < K;
+    const int32_t* bk = reinterpret_cast<const int32_t*>(bp + (k / 2) * ldp);
+#define PHA_LOAD_BP(v)                                                              \
+  const __m512bh b##v = as_bh(v < NV ? (v == NV - 1 ? _mm512_maskz_loadu_epi32(last, bk + 16 * v) \
+                                                    : _mm512_loadu_si512(bk + 16 * v))      \
+                                     : _mm512_setzero_si512());
+    PHA_EACH_V(PHA_LOAD_BP)
+#undef PHA_LOAD_BP
+#define A_AT(i) int(pair_at(a##i, k, both))
+    PHA_EACH_IV(PHA_DP)
+#undef A_AT
+  }
+#define PHA_STORE(i, v) \
+  if constexpr (i < MR && v < NV) store_cols(c[i] + coff, v, NV, last, acc##i##v);
+  PHA_EACH_IV(PHA_STORE)
+#undef PHA_STORE
+}
+
+template <int NV, int MR = mr_for(NV)>
+PHA_AVX512_BF16 void rows_bf16_dispatch(int mr, int64_t K, const bf16* const* a, const bf16* bp,
+                                        int64_t ldp, float* const* c, int64_t coff,
+                                        const float* bias, __mmask16 last) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) return rows_bf16_tile<MR, NV>(K, a, bp, ldp, c, coff, bias, last);
+    rows_bf16_dispatch<NV, MR - 1>(mr, K, a, bp, ldp, c, coff, bias, last);
+  }
+}
+
+// rows() of GemmOps: b is the K x N panel packed by pack_pairs_bf16 (pair rows of 2N).
+PHA_AVX512_BF16 inline void rows_bf16(int64_t M, int64_t N, int64_t K, const bf16* const* a,
+                                      const bf16* b, int64_t ldb, float* const* c,
+                                      const float* bias) {
+  const int64_t ldp = 2 * ldb;
+  for (int64_t n0 = 0; n0 < N; n0 += 64) {
+    const int64_t n = std::min<int64_t>(64, N - n0);
+    const int nv = int((n + 15) / 16);
+    const __mmask16 last = tail_mask(n);
+    const float* bias_n = bias ? bias + n0 : nullptr;
+    const bf16* bn = b + 2 * n0;
+    const int mr_max = mr_for(nv);
+    for (int64_t m0 = 0; m0 < M; m0 += mr_max) {
+      const int mr = int(std::min<int64_t>(mr_max, M - m0));
+      switch (nv) {
+        case 1: rows_bf16_dispatch<1>(mr, K, a + m0, bn, ldp, c + m0, n0, bias_n, last); break;
+        case 2: rows_bf16_dispatch<2>(mr, K, a + m0, bn, ldp, c + m0, n0, bias_n, last); break;
+        case 3: rows_bf16_dispatch<3>(mr, K, a + m0, bn, ldp, c + m0, n0, bias_n, last); break;
+        default: rows_bf16_dispatch<4>(mr, K, a + m0, bn, ldp, c + m0, n0, bias_n, last);
+      }
+    }
+  }
+}
+
+// Column order <-> the order of unpacklo/hi_epi16 over a 32-column group: the lo vector
+// holds columns 8q + 0..3 (q = lane / 4), the hi vector 8q + 4..7.
+PHA_AVX512_BF16 inline void to_column_order(__m512 lo, __m512 hi, __m512& first, __m512& second) {
+  const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  first = _mm512_permutex2var_ps(lo, i0, hi);
+  second = _mm512_permutex2var_ps(lo, i1, hi);
+}
+
+PHA_AVX512_BF16 inline void from_column_order(__m512 first, __m512 second, __m512& lo, __m512& hi) {
+  const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const __m512i i1 = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  lo = _mm512_permutex2var_ps(first, i0, second);
+  hi = _mm512_permutex2var_ps(first, i1, second);
+}
+
+// c[i * ldc + j] (+)= sum_k ak[k][aoff + i] * bk[k][boff + j] for i < MR, j < n <= 32 NG.
+// Accumulator v holds group v / 2, lo (even v) or hi (odd v) columns.
+template <int MR, int NG>
+PHA_AVX512_BF16 void cols_bf16_tile(int64_t K, const bf16* const* ak, int64_t aoff,
+                                    const bf16* const* bk, int64_t boff, float* c, int64_t ldc,
+                                    bool accumulate, int64_t n) {
+  static_assert(MR <= 8 && NG <= 2, "micro-tile larger than the named accumulators");
+  constexpr int NV = 2 * NG;
+  auto mask16 = [n](int q) {  // columns 16q .. 16q + 15, in column order
+    const int64_t rem = n - 16 * q;
+    return rem >= 16 ? __mmask16(0xFFFF) : rem <= 0 ? __mmask16(0) : __mmask16((1u << rem) - 1);
+  };
+  auto mask32 = [n](int g) {  // columns 32g .. 32g + 31
+    const int64_t rem = n - 32 * g;
+    return rem >= 32 ? ~__mmask32(0) : rem <= 0 ? __mmask32(0) : __mmask32((1u << rem) - 1);
+  };
+#define PHA_DECL(i, v) __m512 acc##i##v = _mm512_setzero_ps();
+  PHA_EACH_IV(PHA_DECL)
+#undef PHA_DECL
+#define PHA_LOADC(i, g, lo, hi)                                                       \
+  if constexpr (i < MR && g < NG) {                                                    \
+    const float* ci = c + i * ldc + 32 * g;                                            \
+    from_column_order(_mm512_maskz_loadu_ps(mask16(2 * g), ci),                       \
+                      _mm512_maskz_loadu_ps(mask16(2 * g + 1), ci + 16), lo, hi);      \
+  }
+#define PHA_LOADC0(i) PHA_LOADC(i, 0, acc##i##0, acc##i##1)
+#define PHA_LOADC1(i) PHA_LOADC(i, 1, acc##i##2, acc##i##3)
+  if (accumulate) {
+    PHA_EACH_I(PHA_LOADC0)
+    PHA_EACH_I(PHA_LOADC1)
+  }
+#undef PHA_LOADC0
+#undef PHA_LOADC1
+#undef PHA_LOADC
+  const __mmask32 g0 = mask32(0), g1 = mask32(1);
+  for (int64_t k = 0; k < K; k += 2) {
+    const bool both = k + 1 < K;
+    const bf16* r0 = bk[k] + boff;
+    const bf16* r1 = both ? bk[k + 1] + boff : nullptr;
+    __m512i x0 = _mm512_maskz_loadu_epi16(g0, r0);
+    __m512i x1 = both ? _mm512_maskz_loadu_epi16(g0, r1) : _mm512_setzero_si512();
+    const __m512bh b0 = as_bh(_mm512_unpacklo_epi16(x0, x1));
+    const __m512bh b1 = as_bh(_mm512_unpackhi_epi16(x0, x1));
+    __m512bh b2 = b0, b3 = b1;
+    if constexpr (NG > 1) {
+      x0 = _mm512_maskz_loadu_epi16(g1, r0 + 32);
+      x1 = both ? _mm512_maskz_loadu_epi16(g1, r1 + 32) : _mm512_setzero_si512();
+      b2 = as_bh(_mm512_unpacklo_epi16(x0, x1));
+      b3 = as_bh(_mm512_unpackhi_epi16(x0, x1));
+    }
+    const bf16* a0 = ak[k] + aoff;
+    const bf16* a1 = both ? ak[k + 1] + aoff : nullptr;
+#define PHA_PAIR(i)                                                          \
+  int pair##i = 0;                                                           \
+  if constexpr (i < MR) pair##i = int(uint32_t(a0[i].x) | (both ? uint32_t(a1[i].x) << 16 : 0u));
+    PHA_EACH_I(PHA_PAIR)
+#undef PHA_PAIR
+#define A_AT(i) pair##i
+    PHA_EACH_IV(PHA_DP)
+#undef A_AT
+  }
+#define PHA_STOREC(i, g, lo, hi)                                       \
+  if constexpr (i < MR && g < NG) {                                     \
+    __m512 first, second;                                               \
+    to_column_order(lo, hi, first, second);                             \
+    float* ci = c + i * ldc + 32 * g;                                   \
+    _mm512_mask_storeu_ps(ci, mask16(2 * g), first);                    \
+    _mm512_mask_storeu_ps(ci + 16, mask16(2 * g + 1), second);          \
+  }
+#define PHA_STOREC0(i) PHA_STOREC(i, 0, acc##i##0, acc##i##1)
+#define PHA_STOREC1(i) PHA_STOREC(i, 1, acc##i##2, acc##i##3)
+  PHA_EACH_I(PHA_STOREC0)
+  PHA_EACH_I(PHA_STOREC1)
+#undef PHA_STOREC0
+#undef PHA_STOREC1
+#undef PHA_STOREC
+}
+
+template <int NG, int MR = mr_for(2 * NG)>
+PHA_AVX512_BF16 void cols_bf16_dispatch(int mr, int64_t K, const bf16* const* ak, int64_t aoff,
+                                        const bf16* const* bk, int64_t boff, float* c,
+                                        int64_t ldc, bool accumulate, int64_t n) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) return cols_bf16_tile<MR, NG>(K, ak, aoff, bk, boff, c, ldc, accumulate, n);
+    cols_bf16_dispatch<NG, MR - 1>(mr, K, ak, aoff, bk, boff, c, ldc, accumulate, n);
+  }
+}
+
+// cols() of GemmOps on bf16 token rows.
+PHA_AVX512_BF16 inline void cols_bf16(int64_t M, int64_t N, int64_t K, const bf16* const* ak,
+                                      int64_t aoff, const bf16* const* bk, int64_t boff, float* c,
+                                      int64_t ldc, bool accumulate) {
+  for (int64_t n0 = 0; n0 < N; n0 += 64) {
+    const int64_t n = std::min<int64_t>(64, N - n0);
+    const int mr_max = mr_for(n > 32 ? 4 : 2);
+    for (int64_t m0 = 0; m0 < M; m0 += mr_max) {
+      const int mr = int(std::min<int64_t>(mr_max, M - m0));
+      float* cm = c + m0 * ldc + n0;
+      if (n > 32)
+        cols_bf16_dispatch<2>(mr, K, ak, aoff + m0, bk, boff + n0, cm, ldc, accumulate, n);
+      else
+        cols_bf16_dispatch<1>(mr, K, ak, aoff + m0, bk, boff + n0, cm, ldc, accumulate, n);
+    }
+  }
+}
+
+#undef PHA_DP
+
+inline GemmOps<bf16, float> avx512_bf16_ops() {
+  return {&rows_bf16, &cols_bf16, &transpose_avx512, &widen_bf16_avx512, &narrow_bf16_avx512};
+}
+
+}  // namespace pha_cpu
