@@ -16,11 +16,10 @@ the work) is far less noisy than wall time; the default is 2 threads and wall ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +28,11 @@ import torch
 import pha
 from pha.ops import _backend, reference
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import CLOCKS, DTYPES, gemm_peaks, machine_info, measure  # noqa: E402
+
 # (B, T, d, r, G): per-instance encoder-style, the PHA decoder (task-indexed), long thin.
 DEFAULT_SHAPES = ((32, 128, 768, 64, 0), (128, 8, 768, 64, 8), (8, 512, 2048, 16, 0))
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_OUT = Path(__file__).parent / "results" / "bench_adapter.json"
 
 
@@ -40,57 +41,6 @@ def parse_shapes(text: str) -> tuple[tuple[int, ...], ...]:
     if not shapes or any(len(s) != 5 for s in shapes):
         raise argparse.ArgumentTypeError("--shapes wants 'B,T,d,r,G;...' (G=0: per instance)")
     return shapes
-
-
-CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
-
-
-def measure(fn: Callable[[], object], args, sync) -> list[float]:
-    """Seconds per call: args.repeats samples, each averaging enough calls to last
-    args.min_sample_s on the clock args.timer."""
-    clock = CLOCKS[args.timer]
-    fn()  # warm-up (allocations, thread pool, caches)
-    sync()
-    calls, start = 0, clock()
-    while calls < 1 or clock() - start < args.min_sample_s:
-        fn()
-        calls += 1
-    sync()
-    samples = []
-    for _ in range(args.repeats):
-        start = clock()
-        for _ in range(calls):
-            fn()
-        sync()
-        samples.append((clock() - start) / calls)
-    return samples
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) > 1 else samples * 9
-    return {
-        "median_ms": statistics.median(samples) * 1e3,
-        "q20_ms": q[1] * 1e3,
-        "q80_ms": q[7] * 1e3,
-    }
-
-
-def gemm_peak(dtype: torch.dtype, device: torch.device, args, sync) -> float:
-    """GFLOP/s of a large vendor GEMM (M=4096, K=N=768): the yardstick for "% of peak"."""
-    m, k, n = (256, 128, 128) if args.quick else (4096, 768, 768)
-    a = torch.randn(m, k, dtype=dtype, device=device)
-    w = torch.randn(n, k, dtype=dtype, device=device)
-    if device.type == "cpu":
-
-        def fn():
-            return torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
-    else:
-
-        def fn():
-            return a @ w.T
-
-    samples = measure(fn, args, sync)
-    return 2 * m * k * n / statistics.median(samples) / 1e9
 
 
 def make_case(shape, dtype, device, backward: bool):
@@ -152,30 +102,6 @@ def providers(device: torch.device) -> list[str]:
     return names
 
 
-def machine_info(device: torch.device, timer: str) -> dict[str, object]:
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "timer": timer,
-        "device": str(device),
-        "loadavg_1_5_15": os.getloadavg(),
-    }
-    if device.type == "cpu":
-        info["cpp_isa"] = (
-            torch.ops.pha_cpu.hyper_adapter_isa() if pha.ops.backends()["cpp"] else None
-        )
-        try:
-            with open("/proc/cpuinfo") as f:
-                info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in f if "model name" in ln)
-        except (OSError, StopIteration):
-            pass
-    else:
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
@@ -186,11 +112,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--timer", choices=sorted(CLOCKS), default="wall", help="thread: CPU time, use --threads 1"
     )
+    parser.add_argument(
+        "--isa-paths",
+        default="",
+        help="comma-separated PHA_CPU_ISA paths to time the cpp backend on "
+        "(default: the one this CPU picks), e.g. avx512,avx512_bf16",
+    )
     args = parser.parse_args(argv)
     if args.timer == "thread" and (args.threads != 1 or args.device != "cpu"):
         parser.error("--timer thread measures the calling thread only: needs --threads 1 on cpu")
-    args.repeats = 3 if args.quick else 15
-    args.min_sample_s = 0.002 if args.quick else 0.05
+    repeats = 3 if args.quick else 15
+    min_sample_s = 0.002 if args.quick else 0.05
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -198,8 +130,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    peaks = {name: gemm_peak(dt, device, args, sync) for name, dt in DTYPES.items()}
-    names = providers(device)
+    peaks = gemm_peaks(device, args.quick)
+    runs = [(name, None) for name in providers(device)]
+    if args.isa_paths and "cpp" in dict(runs):
+        runs = [r for r in runs if r[0] != "cpp"] + [
+            ("cpp", path) for path in args.isa_paths.split(",")
+        ]
     rows = []
     for shape in args.shapes:
         b, t, d, r, _ = shape
@@ -209,9 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 flops = (12 if backward else 4) * b * t * d * r
                 tensors, index, grad_out = make_case(shape, dtype, device, backward)
                 ref_ms = None
-                for name in names:
+                for name, path in runs:
                     fn = case_fn(name, tensors, index, grad_out, backward)
-                    stats = summary(measure(fn, args, sync))
+                    with isa_path(path):
+                        isa = pha.ops.cpu_isa() if name == "cpp" else None
+                        timing = measure(fn, repeats, min_sample_s, sync, args.timer)
+                    stats = timing.summary()
                     ref_ms = stats["median_ms"] if name == "reference" else ref_ms
                     gflops = flops / (stats["median_ms"] * 1e-3) / 1e9
                     rows.append(
@@ -220,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                             "dtype": dname,
                             "mode": mode,
                             "provider": name,
+                            "isa": isa,
                             **stats,
                             "gflops": gflops,
                             "fraction_of_gemm_peak": gflops / peaks[dname],
@@ -227,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                         }
                     )
     result = {
-        "machine": machine_info(device, args.timer),
+        "machine": {**machine_info(device), "timer": args.timer},
         "gemm_peak_gflops": peaks,
         "flops_note": "fwd = 4*B*T*d*r, fwd+bwd = 12*B*T*d*r (2 per multiply-add)",
         "results": rows,
@@ -239,17 +179,38 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     return result
 
 
+def label(row: dict[str, object]) -> str:
+    return f"{row['provider']} ({row['isa']})" if row["isa"] else str(row["provider"])
+
+
+@contextlib.contextmanager
+def isa_path(path: str | None):
+    """PHA_CPU_ISA=path inside the block (the C++ kernels read it on every call)."""
+    if path is None:
+        yield
+        return
+    old = os.environ.get("PHA_CPU_ISA")
+    os.environ["PHA_CPU_ISA"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PHA_CPU_ISA"]
+        else:
+            os.environ["PHA_CPU_ISA"] = old
+
+
 def print_table(result: dict[str, object]) -> None:
     peaks = result["gemm_peak_gflops"]
     print(f"machine: {result['machine']}")
     print("GEMM peak (same run): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
-    head = f"{'B,T,d,r,G':>18} {'dtype':>5} {'mode':>7} {'provider':>9} {'median ms':>10} "
+    head = f"{'B,T,d,r,G':>18} {'dtype':>5} {'mode':>7} {'provider':>17} {'median ms':>10} "
     head += f"{'q20':>8} {'q80':>8} {'GFLOP/s':>8} {'%peak':>6} {'x ref':>6}"
     print(head)
     for row in result["results"]:
         shape = ",".join(str(v) for v in row["shape"].values())
         print(
-            f"{shape:>18} {row['dtype']:>5} {row['mode']:>7} {row['provider']:>9} "
+            f"{shape:>18} {row['dtype']:>5} {row['mode']:>7} {label(row):>17} "
             f"{row['median_ms']:10.3f} {row['q20_ms']:8.3f} {row['q80_ms']:8.3f} "
             f"{row['gflops']:8.1f} {100 * row['fraction_of_gemm_peak']:5.0f}% "
             f"{row['speedup_vs_reference']:6.2f}"

@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import pha
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import gemm_peaks, machine_info, measure  # noqa: E402
 
 D = 64
 FULL = {"B": (128, 1024, 4096, 16384), "K": (8, 1000), "repeats": 7}
@@ -78,21 +78,15 @@ def step(loss: str, provider: str, z, protos, labels) -> None:
 
 def time_case(loss, provider, b, k, repeats) -> dict:
     inputs = make_case(b, k)
-    step(loss, provider, *inputs)  # warm-up
-    times, cpu_times = [], []
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        step(loss, provider, *inputs)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
-    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
+    timing = measure(lambda: step(loss, provider, *inputs), repeats)
+    stats = timing.summary()
     return {
-        "median_ms": 1e3 * statistics.median(times),
-        "p20_ms": 1e3 * q[0],
-        "p80_ms": 1e3 * q[3],
+        "median_ms": stats["median_ms"],
+        "p20_ms": stats["q20_ms"],
+        "p80_ms": stats["q80_ms"],
         # CPU time of the process (all threads): on a busy machine it leaves out the time
         # spent waiting for a core, which the wall-clock median does not.
-        "cpu_ms": 1e3 * statistics.median(cpu_times),
+        "cpu_ms": stats["cpu_ms"],
     }
 
 
@@ -169,11 +163,8 @@ def run(config: dict, json_path: Path) -> list[dict]:
             if eager["extra_peak_mib"] >= MIN_MIB_FOR_RATIO:
                 rec["memory_vs_eager"] = rec["extra_peak_mib"] / eager["extra_peak_mib"]
     meta = {
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_average": os.getloadavg(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **machine_info(),
+        "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), quick=config is QUICK),
         "memory_method": "child process, MALLOC_MMAP_THRESHOLD_=65536, VmHWM - VmRSS",
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ Time: the three methods' models live in one subprocess and take turns step by st
 the repeats after warm-up. "% peak": the step's forward+backward FLOPs (counted by
 torch.utils.flop_counter on one step: the matmuls, pha's fused adapter included; not the
 contrastive losses (B x B x 64, negligible) nor the AdamW step) over its median time, against a oneDNN GEMM timed in the same process
-(bench_adapter.gemm_peak). Memory: each method in its own subprocess; peak = the peak
+(timing.gemm_peak). Memory: each method in its own subprocess; peak = the peak
 RSS over two steps minus the RSS just before them (model and optimizer built). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
 steadier numbers; the machine is shared, so compare ratios from one run.
 
@@ -38,6 +38,9 @@ import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from timing import gemm_peak  # noqa: E402
+
 DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
 METHODS = ("adapter", "pha", "release")
 NUM_TASKS = 8
@@ -216,12 +219,7 @@ def measure_time(spec: dict) -> dict[str, dict]:
 def _gemm_peak_gflops(quick: bool) -> float:
     import torch
 
-    if str(HERE) not in sys.path:  # the benchmarks are scripts; share bench_adapter's yardstick
-        sys.path.insert(0, str(HERE))
-    from bench_adapter import gemm_peak
-
-    timing = argparse.Namespace(quick=quick, repeats=5, min_sample_s=0.2, timer="wall")
-    return gemm_peak(torch.float32, torch.device("cpu"), timing, lambda: None)
+    return gemm_peak(torch.float32, torch.device("cpu"), quick)
 
 
 def _status_kib(field: str) -> int:
