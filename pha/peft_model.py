@@ -344,7 +344,7 @@ class PHAModel(Method, nn.Module):
         for k in torch.unique(task_ids).tolist():
             rows = (task_ids == k).nonzero().squeeze(1)
             head_logits = self.heads[k](pooled[rows].to(dtype))
-            logits[rows, : head_logits.shape[1]] = head_logits
+            logits[rows, : head_logits.shape[1]] = head_logits.to(dtype)  # bf16 under autocast
             if labels is not None:
                 y = labels[rows]
                 n = self.method_config.num_labels[k]

@@ -428,6 +428,9 @@ class _Run:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        bf16 = cfg.precision == "bf16"  # the forward under autocast; weights stay fp32
         loader = DataLoader(
             _TrainExamples(data.train),
             batch_sampler=_Batches(sampler, start, total, self.rank, self.world, cfg.grad_accum),
@@ -442,7 +445,8 @@ class _Run:
             finite = torch.ones((), dtype=torch.bool, device=self.device)
             for _ in range(cfg.grad_accum):
                 batch = next(micro)
-                out = train_model(**{k: v.to(self.device) for k, v in batch.items()})
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+                    out = train_model(**{k: v.to(self.device) for k, v in batch.items()})
                 finite &= torch.isfinite(out.loss.detach())
                 (out.loss / cfg.grad_accum).backward()
             self._stop_unless_finite(finite, step + 1, "the loss")

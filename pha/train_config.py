@@ -221,6 +221,16 @@ class TrainConfig:
     task_sampling: str | float = setting(
         "proportional", "'proportional' or a temperature T (p_k ∝ N_k^(1/T))", _sampling
     )
+    precision: str = setting(
+        "fp32",
+        "training compute: fp32, or bf16 (CPU/CUDA autocast of the forward; master weights and "
+        "optimizer state stay fp32, the fused ops take bf16 activations). bf16 is faster "
+        "where the CPU's bf16 GEMM is (AMX, or full-rate AVX512_BF16): see README Performance",
+        choices=("fp32", "bf16"),
+    )
+    compile: bool = setting(
+        False, "torch.compile the model for training (the fused ops trace as custom ops)", _bool
+    )
     max_length: int = setting(64, "max tokens per input", _int)
     eval_batch_size: int = setting(64, "evaluation batch size", _int, resumable=True)
     task_prefix: bool = setting(True, "prefix inputs with the task name (true/false)", _bool)
