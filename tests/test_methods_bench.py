@@ -17,16 +17,32 @@ def test_bench_train_step_quick(tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     bench.main(
-        ["--quick", "--backbones", "tiny-t5", "--repeats", "1", "--in-process", "--out", str(out)]
+        [
+            "--quick",
+            "--backbones",
+            "tiny-t5",
+            "--repeats",
+            "1",
+            "--in-process",
+            "--out",
+            str(out),
+            "--variants",
+            "fp32,bf16",
+        ]  # fmt: skip
     )
     payload = json.loads(out.read_text())
     rows = payload["results"]
-    assert [r["method"] for r in rows] == ["adapter", "pha", "release"]
+    assert [(r["variant"], r["method"]) for r in rows] == [
+        (v, m) for v in ("fp32", "bf16") for m in ("adapter", "pha", "release")
+    ]
     assert all(r["median_ms"] > 0 and r["trainable_params"] > 0 for r in rows)
     assert all(r["step_gflop"] > 0 and 0 < r["fraction_of_gemm_peak"] for r in rows)
     assert {r["adapter_backend"] for r in rows if r["method"] == "release"} == {"reference"}
-    assert {(r["method"], r["backbone"]) for r in payload["ratios"]} == {
-        ("pha", "tiny-t5"),
-        ("release", "tiny-t5"),
+    assert set(payload["gemm_peak_gflops"]) == {"fp32", "bf16"} and payload["machine"]["cpu"]
+    ratios = {(r["variant"], r["method"]): r for r in payload["ratios"]}
+    assert set(ratios) == {(v, m) for v in ("fp32", "bf16") for m in ("pha", "release")} | {
+        ("bf16", "adapter")
     }
-    assert "| tiny-t5 | 4 | pha |" in capsys.readouterr().out
+    assert ratios[("bf16", "adapter")]["speedup_vs_fp32"] > 0
+    assert "median_ms_vs_adapter" in ratios[("fp32", "pha")]
+    assert "| tiny-t5 | 4 | pha | bf16 |" in capsys.readouterr().out
