@@ -122,7 +122,7 @@ void activate_and_grad_row(const float* h, const T* dh, op_t* a, op_t* dp, int64
 // Grow-only thread-local buffers: no allocation per call once warm.
 enum Slot {
   kX, kA, kWd, kWu, kBd, kBu, kCUp, kCDown, kGx, kXt, kGradUp, kGradDownT, kActBuf, kDpreBuf,
-  kNumSlots
+  kPanelBf16, kNumSlots
 };
 
 template <typename T>
@@ -248,14 +248,18 @@ const acc_t* as_acc(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_
 }
 
 // A K x N panel (acc_t, row stride N) as the B operand of ops.rows: itself for fp32 / fp64
-// operands, packed by pairs of rows into scratch for bf16 dot products.
+// operands; for bf16 dot products rounded to bf16 (exact: the values came from bf16) and
+// packed by pairs of rows into scratch.
 template <typename op_t, typename acc_t>
-const op_t* as_panel(const acc_t* src, int64_t K, int64_t N, Slot slot) {
+const op_t* as_panel(const GemmOps<op_t, acc_t>& ops, const acc_t* src, int64_t K, int64_t N,
+                     Slot slot) {
   if constexpr (std::is_same_v<op_t, acc_t>) {
     return src;
   } else {
+    op_t* narrow = scratch<op_t>(kPanelBf16, K * N);
+    ops.narrow_bf16(src, reinterpret_cast<uint16_t*>(narrow), K * N);
     op_t* dst = scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
-    pack_pairs_bf16(K, N, src, N, dst);
+    pack_pairs_bf16(K, N, narrow, N, dst);
     return dst;
   }
 }
@@ -269,14 +273,18 @@ const op_t* as_panel_of(const acc_t* src, int64_t K, int64_t N, Slot slot) {
     return scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
 }
 
-// A weight set of scalar_t as a panel: no copy when scalar_t is the operand type.
+// A weight set of scalar_t (K x N) as a panel: itself for fp32 / fp64, widened for bf16 on
+// fp32 kernels, packed by pairs of rows for bf16 dot products.
 template <typename scalar_t, typename op_t, typename acc_t>
 const op_t* weight_panel(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_t K,
                          int64_t N, Slot slot) {
-  if constexpr (std::is_same_v<op_t, scalar_t> && std::is_same_v<op_t, acc_t>)
-    return src;
-  else
-    return as_panel<op_t>(as_acc(ops, src, K * N, slot), K, N, slot);
+  if constexpr (std::is_same_v<op_t, acc_t>) {
+    return as_acc(ops, src, K * N, slot);
+  } else {
+    op_t* dst = scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
+    pack_pairs_bf16(K, N, src, N, dst);
+    return dst;
+  }
 }
 
 // Rows of operands: a row of scalar_t as op_t (itself, or widened into `buf`).
@@ -379,8 +387,8 @@ struct Backward {
     if (g != loaded) {
       ops.transpose(r, d, as_acc(ops, wu + g * r * d, r * d, kCUp), d, WuT, r);
       ops.transpose(d, r, as_acc(ops, wd + g * d * r, d * r, kCUp), r, WdT, d);
-      as_panel<op_t>(WuT, d, r, kWu);
-      as_panel<op_t>(WdT, r, d, kWd);
+      as_panel(ops, WuT, d, r, kWu);
+      as_panel(ops, WdT, r, d, kWd);
       loaded = g;
     }
     // The panels as_panel made (scratch keeps them between tiles of one set).

@@ -28,35 +28,52 @@ namespace pha_cpu {
 
 using bf16 = c10::BFloat16;
 
-// dst[(k / 2) * 2N + 2j + k % 2] = src[k * ld + j] rounded to bf16; an odd K's last pair is
-// padded with zeros. dst holds 2 * ceil(K / 2) * N values.
-inline void pack_pairs_bf16(int64_t K, int64_t N, const float* src, int64_t ld, bf16* dst) {
-  for (int64_t k = 0; k < K; k += 2)
-    for (int64_t j = 0; j < N; ++j) {
-      bf16* p = dst + (k / 2) * 2 * N + 2 * j;
-      p[0] = bf16(src[k * ld + j]);
-      p[1] = k + 1 < K ? bf16(src[(k + 1) * ld + j]) : bf16(0.f);
+// dst[(k / 2) * 2N + 2j + k % 2] = src[k * ld + j]; an odd K's last pair is padded with
+// zeros. dst holds 2 * ceil(K / 2) * N values. Rows are interleaved 32 columns at a time.
+PHA_AVX512_BF16 inline void pack_pairs_bf16(int64_t K, int64_t N, const bf16* src, int64_t ld,
+                                            bf16* dst) {
+  __m512i lo_idx, hi_idx;  // (r0[j], r1[j]) for j = 0..15, then j = 16..31
+  {
+    alignas(64) int16_t lo[32], hi[32];
+    for (int j = 0; j < 16; ++j) {
+      lo[2 * j] = int16_t(j), lo[2 * j + 1] = int16_t(32 + j);
+      hi[2 * j] = int16_t(16 + j), hi[2 * j + 1] = int16_t(48 + j);
     }
-}
-
-// The (k, k + 1) pair of a bf16 row as one 32-bit value (k + 1 == K: upper half zero).
-inline uint32_t pair_at(const bf16* row, int64_t k, bool has_second) {
-  uint32_t v;
-  if (has_second) {
-    std::memcpy(&v, row + k, 4);
-  } else {
-    uint16_t lo;
-    std::memcpy(&lo, row + k, 2);
-    v = lo;
+    lo_idx = _mm512_load_si512(lo);
+    hi_idx = _mm512_load_si512(hi);
   }
-  return v;
+  for (int64_t k = 0; k < K; k += 2) {
+    const bf16* r0 = src + k * ld;
+    const bf16* r1 = k + 1 < K ? r0 + ld : nullptr;
+    bf16* out = dst + (k / 2) * 2 * N;
+    for (int64_t j = 0; j < N; j += 32) {
+      const int64_t n = std::min<int64_t>(32, N - j);
+      const __mmask32 m = n == 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1);
+      const __m512i a = _mm512_maskz_loadu_epi16(m, r0 + j);
+      const __m512i b = r1 ? _mm512_maskz_loadu_epi16(m, r1 + j) : _mm512_setzero_si512();
+      const __m512i first = _mm512_permutex2var_epi16(a, lo_idx, b);
+      const __m512i second = _mm512_permutex2var_epi16(a, hi_idx, b);
+      const __mmask32 m0 = n >= 16 ? ~__mmask32(0) : __mmask32((1u << (2 * n)) - 1);
+      const __mmask32 m1 = n <= 16 ? __mmask32(0)
+                           : n == 32 ? ~__mmask32(0)
+                                     : __mmask32((1u << (2 * (n - 16))) - 1);
+      _mm512_mask_storeu_epi16(out + 2 * j, m0, first);
+      _mm512_mask_storeu_epi16(out + 2 * j + 32, m1, second);
+    }
+  }
 }
 
 PHA_AVX512_BF16 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 
+// The 32 bits at p (a pair of bf16) in every lane: a broadcast from memory (load port), not
+// through a general register (which would take the dot product's port).
+PHA_AVX512_BF16 inline __m512i broadcast_pair(const void* p) {
+  return _mm512_broadcastd_epi32(_mm_loadu_si32(p));
+}
+
 #define PHA_DP(i, v)               \
   if constexpr (i < MR && v < NV)  \
-    acc##i##v = _mm512_dpbf16_ps(acc##i##v, as_bh(_mm512_set1_epi32(A_AT(i))), b##v);
+    acc##i##v = _mm512_dpbf16_ps(acc##i##v, as_bh(A_AT(i)), b##v);
 
 // C rows c[i][coff + 0:16NV] = bias + sum_k a[i][k] * B[k][0:16NV], B packed by pairs.
 template <int MR, int NV>
@@ -68,19 +85,30 @@ PHA_AVX512_BF16 void rows_bf16_tile(int64_t K, const bf16* const* a, const bf16*
 #define PHA_ROW(i) const bf16* a##i = i < MR ? a[i] : nullptr;
   PHA_EACH_I(PHA_ROW)
 #undef PHA_ROW
-  for (int64_t k = 0; k < K; k += 2) {
-    const bool both = k + 1 < K;
-    const int32_t* bk = reinterpret_cast<const int32_t*>(bp + (k / 2) * ldp);
-#define PHA_LOAD_BP(v)                                                              \
+  // One pair of k rows (kk, kk + 1) of the panel, with A_AT(i) the pair of row i of A.
+#define PHA_LOAD_BP(v)                                                                   \
   const __m512bh b##v = as_bh(v < NV ? (v == NV - 1 ? _mm512_maskz_loadu_epi32(last, bk + 16 * v) \
-                                                    : _mm512_loadu_si512(bk + 16 * v))      \
+                                                    : _mm512_loadu_si512(bk + 16 * v))           \
                                      : _mm512_setzero_si512());
-    PHA_EACH_V(PHA_LOAD_BP)
-#undef PHA_LOAD_BP
-#define A_AT(i) int(pair_at(a##i, k, both))
-    PHA_EACH_IV(PHA_DP)
+#define PHA_STEP(kk)                                                                   \
+  {                                                                                    \
+    const int32_t* bk = reinterpret_cast<const int32_t*>(bp + ((kk) / 2) * ldp);       \
+    PHA_EACH_V(PHA_LOAD_BP)                                                            \
+    PHA_EACH_IV(PHA_DP)                                                                \
+  }
+  const int64_t K2 = K & ~int64_t(1);
+  for (int64_t k = 0; k < K2; k += 2) {
+#define A_AT(i) broadcast_pair(a##i + k)
+    PHA_STEP(k)
 #undef A_AT
   }
+  if (K2 < K) {  // odd K: the last row pairs with zero
+#define A_AT(i) _mm512_set1_epi32(int(a##i[K2].x))
+    PHA_STEP(K2)
+#undef A_AT
+  }
+#undef PHA_STEP
+#undef PHA_LOAD_BP
 #define PHA_STORE(i, v) \
   if constexpr (i < MR && v < NV) store_cols(c[i] + coff, v, NV, last, acc##i##v);
   PHA_EACH_IV(PHA_STORE)
@@ -187,14 +215,16 @@ PHA_AVX512_BF16 void cols_bf16_tile(int64_t K, const bf16* const* ak, int64_t ao
       b2 = as_bh(_mm512_unpacklo_epi16(x0, x1));
       b3 = as_bh(_mm512_unpackhi_epi16(x0, x1));
     }
-    const bf16* a0 = ak[k] + aoff;
-    const bf16* a1 = both ? ak[k + 1] + aoff : nullptr;
-#define PHA_PAIR(i)                                                          \
-  int pair##i = 0;                                                           \
-  if constexpr (i < MR) pair##i = int(uint32_t(a0[i].x) | (both ? uint32_t(a1[i].x) << 16 : 0u));
-    PHA_EACH_I(PHA_PAIR)
-#undef PHA_PAIR
-#define A_AT(i) pair##i
+    // The (k, k + 1) pairs of A's MR rows as 32-bit lanes, broadcast from this buffer.
+    const __mmask16 am = __mmask16((1u << MR) - 1);
+    __m512i pairs_v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(am, ak[k] + aoff));
+    if (both) {
+      const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(am, ak[k + 1] + aoff));
+      pairs_v = _mm512_or_si512(pairs_v, _mm512_slli_epi32(hi, 16));
+    }
+    alignas(64) int32_t pairs[16];
+    _mm512_store_si512(pairs, pairs_v);
+#define A_AT(i) broadcast_pair(pairs + i)
     PHA_EACH_IV(PHA_DP)
 #undef A_AT
   }
