@@ -13,6 +13,7 @@ the backbone's (the method's is `method_config`), the HF Trainer trains it as it
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,9 +25,15 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .backbones import Backbone, attach
-from .checkpoint import atomic_write
+from .checkpoint import (
+    CHECKSUMS_NAME,
+    atomic_write_files,
+    checksum_manifest,
+    ensure_directory,
+    verify_checksums,
+)
 from .hub import ALIASES, cache_dir
-from .methods.base import MODELS, Context, Method, MethodConfig
+from .methods.base import CONFIG_NAME, MODELS, Context, Method, MethodConfig
 from .model_inputs import check_labels, check_tokens
 from .modules import masked_mean
 
@@ -529,12 +536,15 @@ class PHAModel(Method, nn.Module):
     # ---- saving and loading ------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Writes pha_config.json (the method config: method, ordered task list, the
-        backbone's name) and the method's weights as adapter_model.safetensors, each
-        atomically."""
-        self.method_config.save_pretrained(path)
+        backbone's name), the method's weights as adapter_model.safetensors and their
+        checksums.sha256 (verified by from_pretrained), all or nothing: a failed save
+        (disk full) leaves a previous save as it was."""
+        ensure_directory(path, "save_pretrained path")
+        config = json.dumps(self.method_config.to_dict(), indent=2).encode()
         # clone: safetensors refuses tensors sharing storage (tied embeddings in full fine-tuning)
         tensors = {n: t.clone().contiguous().cpu() for n, t in self.trainable_state_dict().items()}
-        atomic_write(os.path.join(path, WEIGHTS_NAME), save(tensors))
+        files = {CONFIG_NAME: config, WEIGHTS_NAME: save(tensors)}
+        atomic_write_files(path, {**files, CHECKSUMS_NAME: checksum_manifest(files)})
 
     @classmethod
     def from_pretrained(
@@ -543,6 +553,8 @@ class PHAModel(Method, nn.Module):
         """Rebuild a saved model on `base_model` (the same pretrained backbone). As in
         PEFT, the result is frozen and in eval mode unless is_trainable=True (then the
         method's weights train again)."""
+        if os.path.isfile(os.path.join(path, CONFIG_NAME)):  # else: the config's own error
+            verify_checksums(path, [CONFIG_NAME, WEIGHTS_NAME])
         config = MethodConfig.from_pretrained(path)
         if cls is not PHAModel and not isinstance(config, cls.config_class):
             raise ValueError(

@@ -74,7 +74,9 @@ def test_config_json_of_another_run_is_refused(run, capsys):
 
 
 def test_missing_or_unreadable_adapter_files(run, capsys):
-    """Issue 15: missing or truncated adapter files ended in a raw traceback."""
+    """Issue 15: missing or truncated adapter files ended in a raw traceback (here an
+    adapter saved before checksums: without its manifest)."""
+    (run / "adapter" / "checksums.sha256").unlink()
     weights = run / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     _fails_with(
@@ -87,3 +89,14 @@ def test_missing_or_unreadable_adapter_files(run, capsys):
     )
     shutil.rmtree(run / "adapter")
     _fails_with([str(run)], r"No such file or directory: .*adapter/pha_config.json", capsys)
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "pha_config.json"])
+def test_flipped_byte_in_a_saved_adapter(run, name, capsys):
+    """Issue 15, item 6: a flipped byte in a saved adapter evaluated; now its checksum
+    (checksums.sha256, written by save_pretrained) names the file."""
+    path = run / "adapter" / name
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0x01  # inside the last tensor's data / the JSON's closing lines
+    path.write_bytes(bytes(raw))
+    _fails_with([str(run)], rf"{name} does not match its checksum .*corrupt", capsys)

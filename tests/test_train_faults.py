@@ -7,7 +7,7 @@ import re
 import shutil
 
 import pytest
-from fault_utils import read_only, snapshot
+from fault_utils import fill_disk, read_only, snapshot
 from train_utils import pha_cache, tiny_bert  # noqa: F401
 
 from pha import checkpoint, train
@@ -184,6 +184,21 @@ def test_read_only_output_dir(tiny_bert, tmp_path, monkeypatch, capsys):  # noqa
         capsys,
     )
     assert os.listdir(tmp_path) == []
+
+
+def test_disk_full_at_the_final_save_keeps_the_previous_run(run, tiny_bert, monkeypatch, capsys):  # noqa: F811
+    """Issue 15: a full disk at the final save left adapter/ without weights."""
+    before = snapshot(run)
+    fill_disk(monkeypatch, room=0)
+    fails_with(
+        tiny_args(tiny_bert, run, "--save-every", "0", "--seed", "1"),
+        r"cannot write .*: the disk is full; nothing was replaced",
+        capsys,
+    )
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if k != "log.jsonl"} == {
+        k: v for k, v in before.items() if k != "log.jsonl"
+    }
 
 
 def test_backend_cuda_without_cuda_is_refused_before_loading(
