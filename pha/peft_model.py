@@ -34,7 +34,7 @@ from .checkpoint import (
 )
 from .hub import ALIASES, cache_dir
 from .methods.base import CONFIG_NAME, MODELS, Context, Method, MethodConfig
-from .model_inputs import check_labels, check_tokens
+from .model_inputs import check_examples, check_labels, check_tokens
 from .modules import masked_mean
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -442,12 +442,7 @@ class PHAModel(Method, nn.Module):
             )
         if self.backbone_kind != "encoder" and num_labels is not None:
             raise ValueError("num_labels is only for encoder backbones")
-        input_ids = examples.get("input_ids") if isinstance(examples, dict) else None
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or not input_ids.numel():
-            raise ValueError(
-                "examples must hold input_ids, an integer tensor [K, T] of K >= 1 tokenised "
-                f"examples (and optionally attention_mask), got {examples!r}"[:300]
-            )
+        check_examples(examples, self.base_model.get_input_embeddings().num_embeddings)
         self.add_task_conditioning(examples, init)  # first: it may refuse
         if self.backbone_kind == "encoder":
             self.heads.append(nn.Linear(self.backbone.d_model, num_labels).to(self.device))

@@ -36,7 +36,12 @@ def _state(model):
         ("", None, 2, "name must be a non-empty task name, got ''"),
         (5, None, 2, "name must be a non-empty task name, got 5"),
         ("new", {}, 2, "examples must hold input_ids"),
-        ("new", "empty", 2, "examples must hold input_ids"),
+        (
+            "new",
+            "empty",
+            2,
+            r"input_ids: expected at least one instance and one token, got shape \[0, 7\]",
+        ),
         ("new", None, 2.5, "needs num_labels: an integer >= 1 for the new head, got 2.5"),
         ("new", None, 0, "needs num_labels: an integer >= 1 for the new head, got 0"),
     ],
