@@ -128,11 +128,16 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 def run_train(
-    args: list[str], cache: Path, launcher: list[str] | None = None, **kw
+    args: list[str],
+    cache: Path,
+    launcher: list[str] | None = None,
+    entry: tuple[str, ...] = ("-m", "pha.train"),
+    **kw,
 ) -> subprocess.CompletedProcess:
-    """python -m pha.train in a subprocess (launcher: e.g. torchrun's argv prefix)."""
+    """python -m pha.train in a subprocess (launcher: e.g. torchrun's argv prefix; entry: a
+    script that runs pha.train instead of the module)."""
     env = {**os.environ, "PHA_CACHE": str(cache), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
-    cmd = (launcher or [sys.executable]) + ["-m", "pha.train", *args]
+    cmd = (launcher or [sys.executable]) + [*entry, *args]
     # A session of its own, so that a timeout ends torchrun's workers too.
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, **kw)  # fmt: skip
