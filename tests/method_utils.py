@@ -1,4 +1,4 @@
-"""Method configs at tiny sizes, the trainable-parameter formulas of METHOD.md, helpers."""
+"""Method configs at tiny sizes, the trainable-parameter formulas of docs/METHOD.md, helpers."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ attach with forward hooks on the models' own submodules (found by structure and 
 so every backbone parameter keeps its own name and the frozen function is untouched
 when an adapter outputs 0.
 
-The two placements (METHOD.md):
+The two placements (docs/METHOD.md):
 - parallel (PHA, HyperDecoders): h <- h + Dropout(FFN(LN(h))) + Adapter(LN(h)), i.e. the
   adapter reads the FFN's (normed) input and its output joins the residual sum without
   dropout.

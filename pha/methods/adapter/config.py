@@ -10,7 +10,7 @@ from ..base import MethodConfig
 
 @dataclass
 class AdapterConfig(MethodConfig):
-    """Ordinary adapters in every layer, parallel to the FFN as in PHA (METHOD.md).
+    """Ordinary adapters in every layer, parallel to the FFN as in PHA (docs/METHOD.md).
 
     adapter_dim: bottleneck r (64).
     per_task: one adapter set per task (selected by task id) instead of one shared set.

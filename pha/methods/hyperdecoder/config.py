@@ -10,7 +10,7 @@ from ..base import MethodConfig
 
 @dataclass
 class HyperDecoderConfig(MethodConfig):
-    """HyperDecoders (METHOD.md): PHA's two halves, but every instance gets its own
+    """HyperDecoders (docs/METHOD.md): PHA's two halves, but every instance gets its own
     upper-half adapters, generated from MLP(mean_pool(h_split)) (MLP d -> d -> d) and a
     layer embedding; no prototypes, no contrastive losses.
 

@@ -10,7 +10,7 @@ from ..base import MethodConfig
 
 @dataclass
 class HyperFormerConfig(MethodConfig):
-    """HyperFormer++ (METHOD.md): adapters + LayerNorms generated from
+    """HyperFormer++ (docs/METHOD.md): adapters + LayerNorms generated from
     [task embedding ; layer embedding ; position embedding] after the attention output
     and after the FFN output of every layer (each stack has its own hypernetwork); the
     backbone's own layer norms are trained too.

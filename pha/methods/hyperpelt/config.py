@@ -11,7 +11,7 @@ from ..base import MethodConfig
 
 @dataclass
 class HyperPELTConfig(MethodConfig):
-    """HyperPELT (METHOD.md): one shared hypernetwork turns a hyper-embedding
+    """HyperPELT (docs/METHOD.md): one shared hypernetwork turns a hyper-embedding
     [task ; layer ; block (; visual)] into prefix-tuning keys/values for every attention
     module and into the weights of a parallel FFN adapter in every layer. Trainable: the
     hypernetwork, the embeddings and the backbone's layer norms (+ encoder heads).

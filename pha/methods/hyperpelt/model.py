@@ -1,4 +1,4 @@
-"""HyperPELT on any supported backbone (see HyperPELTConfig and METHOD.md)."""
+"""HyperPELT on any supported backbone (see HyperPELTConfig and docs/METHOD.md)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from ..base import MethodConfig
 
 @dataclass
 class PHAConfig(MethodConfig):
-    """PHA (METHOD.md): lower-half shared adapters, an instance retriever at the split,
+    """PHA (docs/METHOD.md): lower-half shared adapters, an instance retriever at the split,
     task prototypes, and upper-half adapters generated from (prototype, layer).
 
     adapter_dim: adapter bottleneck r (64).

@@ -1,4 +1,4 @@
-"""PHA on any supported backbone (see PHAConfig and METHOD.md)."""
+"""PHA on any supported backbone (see PHAConfig and docs/METHOD.md)."""
 
 from __future__ import annotations
 
