@@ -158,7 +158,8 @@ def test_ddp_two_processes_equal_one(tiny_bert, pha_cache, tmp_path):  # noqa: F
     fraction of it."""
     script = tmp_path / "sgd_train.py"
     script.write_text(SGD_TRAIN)
-    common = ["--max-steps", "8", "--save-every", "0", "--lr", "0.5", "--grad-clip", "0"]
+    common = ["--max-steps", "8", "--save-every", "0", "--lr", "0.5", "--grad-clip", "0",
+              "--select", "last"]  # fmt: skip
     one = run_train(
         tiny_args(tiny_bert, tmp_path / "one", *common), pha_cache, entry=(str(script),)
     )
