@@ -249,8 +249,8 @@ def test_learning_rate_defaults_per_method():
     assert train.resolve_config([]).hypernet_lr_scale == 0.1
     assert train.resolve_config(["--method", "adapter"]).hypernet_lr_scale == 1.0
     assert train.resolve_config(["--method", "hyperformer"]).method_args == {"norm_init": "zero"}
-    lpft = train.resolve_config(["--method", "adapter"])
-    assert (lpft.head_lr_scale, lpft.probe_ratio) == (10.0, 0.5)
+    adapter = train.resolve_config(["--method", "adapter"])
+    assert (adapter.head_lr_scale, adapter.probe_ratio) == (10.0, 0.0)
     probe = train.resolve_config(["--method", "linear_probe"])
     assert (probe.head_lr_scale, probe.probe_ratio) == (1.0, 0.0)
 
