@@ -31,7 +31,7 @@ def retrieval_accuracy(
     """The fraction of items whose nearest prototype is their own task."""
     if not getattr(model, "can_retrieve", False):
         raise ValueError(
-            f"--no-task-ids: method {model.config.method!r} has no prototypes to retrieve "
+            f"--no-task-ids: method {model.method_config.method!r} has no prototypes to retrieve "
             "tasks with (only pha can infer without task ids)"
         )
     was_training = model.training
