@@ -34,6 +34,7 @@ from pha.data import DEFAULT_TASKS, Collator, head, load_tasks, metrics
 from pha.evaluate import format_table
 from pha.hub import load_backbone
 from pha.modules import masked_mean
+from pha.train import linear_schedule
 
 PROBE_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -120,13 +121,7 @@ def _train_lora(args, data, task_ids: list[int], collator, tokenizer_kind) -> di
     steps = args.epochs * -(-len(train) // args.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr)
-    warmup = round(0.1 * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / (warmup + 1) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
-        ),
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(round(0.1 * steps), steps))
     best = None
     for epoch in range(args.epochs):
         for batch in _batches(
