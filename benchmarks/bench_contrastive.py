@@ -8,8 +8,9 @@ the extra peak resident memory of one forward+backward over the inputs.
 Memory method: one child process (so that the parent's timing runs leave no freed pages
 behind) with MALLOC_MMAP_THRESHOLD_=65536, so that every allocation of 64 KiB or more
 (torch tensors and the kernels' own buffers alike) is its own mapping, returned to the OS
-on free. Per case: build the inputs, read VmRSS, reset the peak (writing 5 to
-/proc/self/clear_refs), run forward+backward, read VmHWM; extra = VmHWM - VmRSS.
+on free. Per case: build the inputs, reset the peak (writing 5 to /proc/self/clear_refs
+sets VmHWM to the current RSS), read VmHWM, run forward+backward, read VmHWM again; extra
+= the difference, never negative since VmHWM only grows.
 
     python benchmarks/bench_contrastive.py            # the full table (minutes)
     python benchmarks/bench_contrastive.py --quick    # a smoke run (seconds)
@@ -106,9 +107,11 @@ def measure_memory(cases: list[tuple[str, str, int, int]]) -> list[float]:
     extra = []
     for loss, provider, b, k in cases:
         inputs = make_case(b, k)
-        before = _status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
+        # The baseline is the reset high-water mark itself, not a VmRSS read before the
+        # reset: RSS can shrink in between (freed pages), which made the extra negative.
+        before = _status_kib("VmHWM")
         step(loss, provider, *inputs)
         extra.append((_status_kib("VmHWM") - before) / 1024)
         del inputs
@@ -165,7 +168,7 @@ def run(config: dict, json_path: Path) -> list[dict]:
     meta = {
         **machine_info(),
         "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), quick=config is QUICK),
-        "memory_method": "child process, MALLOC_MMAP_THRESHOLD_=65536, VmHWM - VmRSS",
+        "memory_method": "child process, MALLOC_MMAP_THRESHOLD_=65536, VmHWM after - VmHWM at reset",
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"meta": meta, "results": records}, indent=1))
