@@ -10,7 +10,9 @@ lora:  HF PEFT LoRA (r=8, alpha=16, dropout 0.1, on query and value) with a line
     the mean-pooled output: one LoRA per task (default), or one shared LoRA with per-task
     heads on mixed-task batches (--shared). AdamW, linear schedule with 10% warm-up,
     validation macro-F1 after every epoch, the test split scored once for the best epoch
-    (pha.train's protocol). Needs `pip install -e '.[benchmarks]'` (peft).
+    (pha.train's protocol). --epochs (15) is raised so that each LoRA takes at least
+    --min-steps optimizer steps (pha.train's floor, 150): at small n a fixed 15 epochs
+    would be 15 steps per task. Needs `pip install -e '.[benchmarks]'` (peft).
 
 Both print a per-task table and append rows (method,n_train,seed,task,metric,score,split)
 to --csv; the data are pha.data.load_tasks(tasks, n_train, n_eval, seed), as in pha.train.
@@ -35,6 +37,7 @@ from pha.evaluate import format_table
 from pha.hub import load_backbone
 from pha.modules import masked_mean
 from pha.train import linear_schedule
+from pha.train_config import COMMON_DEFAULTS
 
 PROBE_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -111,6 +114,13 @@ def _predict(model, collator, items, size=64) -> list[int]:
     return preds
 
 
+def lora_budget(epochs: int, min_steps: int, n_examples: int, batch_size: int) -> tuple[int, int]:
+    """(epochs, optimizer steps): --epochs, raised until the steps reach --min-steps."""
+    per_epoch = -(-n_examples // batch_size)
+    epochs = max(epochs, -(-min_steps // per_epoch))
+    return epochs, epochs * per_epoch
+
+
 def _train_lora(args, data, task_ids: list[int], collator, tokenizer_kind) -> dict:
     """One LoRA for the given tasks (one task: per-task LoRA); best epoch on validation."""
     base, _, _ = load_backbone(args.model)
@@ -118,12 +128,12 @@ def _train_lora(args, data, task_ids: list[int], collator, tokenizer_kind) -> di
     model = _LoraClassifier(base, [data.tasks[k].num_labels for k in task_ids])
     local = {k: i for i, k in enumerate(task_ids)}  # task id -> head index
     train = [(k, ex) for k in task_ids for ex in data.train[k]]
-    steps = args.epochs * -(-len(train) // args.batch_size)
+    epochs, steps = lora_budget(args.epochs, args.min_steps, len(train), args.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(round(0.1 * steps), steps))
     best = None
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         for batch in _batches(
             collator, train, args.batch_size, shuffle_seed=args.seed * 1000 + epoch
         ):
@@ -205,6 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--task-prefix", action="store_true", help="prefix inputs with the task name")
     p.add_argument("--shared", action="store_true", help="lora: one LoRA for all tasks")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=COMMON_DEFAULTS["min_steps"],
+        help="lora: at least this many optimizer steps per LoRA (more epochs at small n)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--csv", default=None, help="append rows to this CSV")

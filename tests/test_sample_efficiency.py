@@ -380,3 +380,15 @@ def test_pairing_by_task_uses_the_seeds_both_methods_have(study):
     assert d.diff.n == 2 and d.diff.mean == pytest.approx(0.2)  # seed 1 left out: 0.1, 0.3
     by_seed = report.seed_pairs(report.task_average(cells), "pha")[("adapter", 16)]
     assert by_seed.diff.n == 1 and by_seed.diff.mean == pytest.approx(0.2)
+
+
+def test_lora_baseline_takes_pha_trains_step_floor():
+    """baselines.py lora: --epochs is raised until each LoRA takes --min-steps steps (at
+    n=16 a fixed 15 epochs would be 15 steps); a budget already past the floor is kept."""
+    spec = importlib.util.spec_from_file_location("baselines", ROOT / "benchmarks/baselines.py")
+    baselines = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baselines)
+    assert baselines.lora_budget(15, 150, 16, 16) == (150, 150)  # 1 batch per epoch
+    assert baselines.lora_budget(15, 150, 100, 16) == (22, 154)  # 7 batches per epoch
+    assert baselines.lora_budget(15, 150, 300, 16) == (15, 285)  # the floor does not bind
+    assert baselines.lora_budget(15, 0, 17, 16) == (15, 30)
