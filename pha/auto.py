@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .hub import load_backbone
+from .backbones import load_backbone
 from .methods.base import MethodConfig
 from .peft_model import PHAModel
 
@@ -18,9 +18,9 @@ class AutoPHAModel:
     ) -> PHAModel:
         """The model saved in `path` (PHAModel.save_pretrained) on the backbone its config
         names in base_model_name_or_path (an offline alias, a local directory or a hub
-        name), loaded with pha.hub.load_backbone (dtype: the backbone's, default its own).
+        name), loaded with pha.backbones.load_backbone (dtype: the backbone's, default its own).
         Frozen and in eval mode unless is_trainable=True. The tokenizer:
-        pha.hub.load_backbone(model.method_config.base_model_name_or_path)[1], or
+        pha.backbones.load_backbone(model.method_config.base_model_name_or_path)[1], or
         transformers.AutoTokenizer for a hub name or directory."""
         config = MethodConfig.from_pretrained(path)
         name = config.base_model_name_or_path

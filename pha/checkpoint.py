@@ -1,9 +1,8 @@
 """What pha writes to disk, written so that nothing is lost or silently wrong:
 
-- atomic writes: files go to temporary names in the same directory, are fsync'd and
-  renamed into place once all are written (`atomic_write_files`); a process killed or a
-  disk filled at any moment leaves the previous file or the new one, never a torn one,
-  and a failed write raises an OutputError naming the file;
+- atomic writes (pha.files): a process killed or a disk filled at any moment leaves the
+  previous file or the new one, never a torn one, and a failed write raises an
+  OutputError naming the file;
 - checksums: checkpoints carry the sha256 of their payload and saved adapters a
   `checksums.sha256` manifest (`sha256sum -c` format); loading verifies them;
 - one run per output directory (`lock_output_dir`), which also clears the temporary files
@@ -15,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import io
@@ -24,14 +22,13 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from .hub import sha256_file
+from .files import OutputError, atomic_write, atomic_write_files, output_error, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +38,7 @@ FORMAT = 2
 _HEADER = re.compile(rb"^pha-checkpoint (\d+) sha256=([0-9a-f]{64})\n")
 CHECKSUMS_NAME = "checksums.sha256"
 LOCK_NAME = ".pha.lock"
-# Temporary names: "." + the target's name + "-" + random + ".tmp" (see _temp_name); only
+# Temporary names: "." + the target's name + "-" + random + ".tmp" (pha.files); only
 # those of pha's outputs are cleared (an output directory may hold the user's files).
 _OUTPUTS = r"checkpoint|metrics\.json|config\.json|pha_config\.json|adapter_model\.safetensors"
 _TEMP = re.compile(rf"^\.({_OUTPUTS}|checksums\.sha256|write-probe)[-.][\w.-]*\.tmp$")
@@ -51,33 +48,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint or saved adapter that cannot be read (corrupt, truncated, not pha's)."""
 
 
-class OutputError(RuntimeError):
-    """An output that cannot be written (disk full, read-only, not a directory, in use);
-    the message names the path. Nothing was replaced."""
-
-
-# ---- atomic writes ----------------------------------------------------------------------
-
-
-def _why(e: OSError) -> str:
-    hints = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exhausted",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.ENOTDIR: "a path component is a file, not a directory",
-        errno.EEXIST: "a file is in the way",
-    }
-    return hints.get(e.errno, e.strerror or type(e).__name__)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# ---- output directories ------------------------------------------------------------------
 
 
 def check_output_path(path: str | os.PathLike, what: str) -> None:
@@ -103,7 +74,7 @@ def ensure_directory(path: str | os.PathLike, what: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{what}: cannot create directory {path}: {_why(e)}") from e
+        raise output_error(f"{what}: cannot create directory {path}", e) from e
     return path
 
 
@@ -115,66 +86,7 @@ def check_writable(directory: str | os.PathLike, what: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError(f"{what}: cannot write in {directory}: {_why(e)}") from e
-
-
-def _temp_name(target: Path) -> str:
-    return f".{target.name}-"
-
-
-Content = bytes | Callable[[BinaryIO], None]  # the bytes, or a function writing them
-
-
-def _write_temp(target: Path, data: Content) -> str:
-    """`data` in a fsync'd temporary file beside `target`; returns its path."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temp_name(target), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def atomic_write_files(directory: str | os.PathLike, files: dict[str, Content]) -> None:
-    """Write the files {name: data} of `directory` all or nothing: each goes to a fsync'd
-    temporary file first, and only once all are written are they renamed into place, in
-    order (put a checksum manifest last: it seals the set). A failure (disk full,
-    read-only) raises an OutputError naming the file, with nothing replaced."""
-    d = Path(directory)
-    temps: dict[str, str] = {}
-    name, replacing = "", False
-    try:
-        for name, data in files.items():
-            temps[name] = _write_temp(d / name, data)
-        replacing = True
-        for name in list(temps):
-            os.replace(temps.pop(name), d / name)
-        _fsync_dir(d)
-    except OSError as e:
-        kept = "partly replaced" if replacing else "nothing was replaced"
-        raise OutputError(f"cannot write {d / name}: {_why(e)}; {kept}") from e
-    finally:
-        for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def atomic_write(path: str | os.PathLike, data: Content) -> Path:
-    """Write the file `path` atomically (see atomic_write_files)."""
-    path = Path(path)
-    atomic_write_files(path.parent, {path.name: data})
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, text.encode())
+        raise output_error(f"{what}: cannot write in {directory}", e) from e
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
@@ -199,7 +111,7 @@ def lock_output_dir(directory: str | os.PathLike, what: str = "--output-dir") ->
     try:
         fd = os.open(d / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise OutputError(f"{what}: cannot write in {d}: {_why(e)}") from e
+        raise output_error(f"{what}: cannot write in {d}", e) from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -220,11 +132,27 @@ def lock_output_dir(directory: str | os.PathLike, what: str = "--output-dir") ->
 # ---- checksums of saved adapters ---------------------------------------------------------
 
 
-def checksum_manifest(files: dict[str, bytes]) -> bytes:
-    """The checksums.sha256 of the files {name: data} (sha256sum format)."""
-    return "".join(
-        f"{hashlib.sha256(data).hexdigest()}  {n}\n" for n, data in files.items()
-    ).encode()
+def read_checksums(directory: str | os.PathLike) -> dict[str, str] | None:
+    """{name: sha256} from the checksums.sha256 of `directory`; None if it has none."""
+    manifest = Path(directory) / CHECKSUMS_NAME
+    if not manifest.is_file():
+        return None
+    sums = {}
+    for line in manifest.read_text(errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        sums[name] = digest
+    return sums
+
+
+def write_checksummed(directory: str | os.PathLike, files: dict[str, bytes]) -> None:
+    """Write the files {name: data} into `directory` with a checksums.sha256 (sha256sum
+    format) that covers them, all or nothing (atomic_write_files). The manifest keeps the
+    entries of the directory's previous one for the files not rewritten, so re-saving one
+    file of a saved adapter (its config) leaves the adapter verifiable."""
+    sums = read_checksums(directory) or {}
+    sums.update({n: hashlib.sha256(data).hexdigest() for n, data in files.items()})
+    manifest = "".join(f"{digest}  {n}\n" for n, digest in sums.items()).encode()
+    atomic_write_files(directory, {**files, CHECKSUMS_NAME: manifest})
 
 
 def verify_checksums(directory: str | os.PathLike, names: list[str]) -> None:
@@ -238,13 +166,10 @@ def verify_checksums(directory: str | os.PathLike, names: list[str]) -> None:
     if missing:
         raise CheckpointError(f"{d} is not a complete saved adapter: missing {missing}")
     manifest = d / CHECKSUMS_NAME
-    if not manifest.is_file():
+    expected = read_checksums(d)
+    if expected is None:
         log.warning("%s has no %s (saved by an older pha): not verified", d, CHECKSUMS_NAME)
         return
-    expected = {}
-    for line in manifest.read_text(errors="replace").splitlines():
-        digest, _, name = line.partition("  ")
-        expected[name] = digest
     for n in names:
         if n not in expected:
             raise CheckpointError(f"{manifest} has no checksum for {n}: the manifest is damaged")

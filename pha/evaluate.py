@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .data import Collator, MultiTaskData, metrics, parse_answer
+from .pypi_cache import CacheError
 
 MAX_NEW_TOKENS = 8  # generated per answer by text-to-text models
 
@@ -165,8 +166,8 @@ def _check_run_matches_adapter(run_dir: str, cfg: dict, model) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """The command line: a missing or damaged run ends with its message and exit code 2
     (PHA_DEBUG=1 shows the traceback)."""
+    from .backbones import load_backbone
     from .data import load_tasks
-    from .hub import load_backbone
 
     p = argparse.ArgumentParser(prog="python -m pha.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="an output directory of python -m pha.train")
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.no_task_ids:
             return _task_free(args, cfg, model, collator, data)
         per_task = evaluate(model, collator, data, args.split, args.batch_size)
-    except (ValueError, OSError, CheckpointError) as e:
+    except (ValueError, OSError, CheckpointError, CacheError) as e:
         if os.environ.get("PHA_DEBUG") == "1":
             raise
         p.exit(2, f"{p.prog}: error: {e}\n")

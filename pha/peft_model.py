@@ -24,15 +24,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .backbones import Backbone, attach
-from .checkpoint import (
-    CHECKSUMS_NAME,
-    atomic_write_files,
-    checksum_manifest,
-    ensure_directory,
-    verify_checksums,
-)
-from .hub import ALIASES, cache_dir
+from .backbones import Backbone, alias_of, attach
+from .checkpoint import ensure_directory, verify_checksums, write_checksummed
 from .methods.base import CONFIG_NAME, MODELS, Context, Method, MethodConfig
 from .model_inputs import check_examples, check_labels, check_tokens
 from .modules import masked_mean
@@ -53,15 +46,12 @@ def get_model(base_model: nn.Module, config: MethodConfig) -> PHAModel:
 
 
 def _backbone_name(model: nn.Module) -> str | None:
-    """What loads `model` again (pha.hub.load_backbone): the offline alias it was extracted
+    """What loads `model` again (pha.backbones.load_backbone): the offline alias it was extracted
     for, else the hub name or local path HF recorded; None for a model built in memory."""
     name = getattr(model, "name_or_path", "") or ""
     if not name:
         return None
-    for alias in ALIASES:
-        if os.path.realpath(name) == os.path.realpath(cache_dir() / "models" / alias):
-            return alias
-    return name
+    return alias_of(name) or name
 
 
 def _checkpointing(model: nn.Module) -> bool:
@@ -538,8 +528,7 @@ class PHAModel(Method, nn.Module):
         config = json.dumps(self.method_config.to_dict(), indent=2).encode()
         # clone: safetensors refuses tensors sharing storage (tied embeddings in full fine-tuning)
         tensors = {n: t.clone().contiguous().cpu() for n, t in self.trainable_state_dict().items()}
-        files = {CONFIG_NAME: config, WEIGHTS_NAME: save(tensors)}
-        atomic_write_files(path, {**files, CHECKSUMS_NAME: checksum_manifest(files)})
+        write_checksummed(path, {CONFIG_NAME: config, WEIGHTS_NAME: save(tensors)})
 
     @classmethod
     def from_pretrained(

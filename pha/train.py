@@ -37,10 +37,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from . import PHAModel, get_model
+from .backbones import load_backbone
 from .checkpoint import (
     CheckpointError,
-    OutputError,
-    atomic_write_files,
     check_output_path,
     list_checkpoints,
     load_checkpoint,
@@ -49,8 +48,9 @@ from .checkpoint import (
 )
 from .data import Collator, MixedTaskSampler, head, load_tasks, metrics
 from .evaluate import MAX_NEW_TOKENS, evaluate, format_table, load_adapter
-from .hub import CacheError, load_backbone
+from .files import OutputError, atomic_write_files
 from .methods import METHODS
+from .pypi_cache import CacheError
 from .train_config import ConfigError, TrainConfig, resolve_config
 
 __all__ = ["ConfigError", "TrainConfig", "TrainingError", "main", "resolve_config", "run"]

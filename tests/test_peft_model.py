@@ -3,7 +3,7 @@ get_base_model against the untouched backbone, one wrapper per backbone, from_pr
 frozen in eval mode, MethodConfig save/load and AutoPHAModel round trips.
 
 Tiny random backbones (tests/tiny_backbones.py); the offline-alias test loads the real
-MiniLM through pha.hub."""
+MiniLM through pha.backbones.load_backbone."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from train_utils import pha_cache, tiny_tokenizer  # noqa: F401  (fixture)
 from transformers.utils import ModelOutput
 
 import pha
+from pha.checkpoint import CheckpointError
 
 ADAPTER_METHODS = ("pha", "hyperformer", "hyperpelt", "hyperdecoder", "adapter", "adapter_per_task")
 ALL_METHODS = (*ADAPTER_METHODS, "full")
@@ -157,7 +158,7 @@ def test_auto_model_round_trip(method, family, tmp_path):
     adapter from it in one call, frozen and in eval mode."""
     tiny(family).save_pretrained(tmp_path / "backbone")
     tiny_tokenizer().save_pretrained(tmp_path / "backbone")  # load_backbone loads one too
-    base, _, _ = pha.hub.load_backbone(str(tmp_path / "backbone"))
+    base, _, _ = pha.backbones.load_backbone(str(tmp_path / "backbone"))
     model = pha.get_model(base, config(method, family))
     assert model.method_config.base_model_name_or_path == str(tmp_path / "backbone")
     scramble(model)
@@ -209,8 +210,26 @@ def test_auto_model_needs_a_recorded_backbone(tmp_path):
         pha.AutoPHAModel.from_pretrained(tmp_path)
 
 
+def test_re_saving_the_config_of_a_saved_adapter_keeps_it_verifiable(tmp_path):
+    """Re-saving a saved adapter's config (e.g. to record where its backbone now is)
+    updates the config's checksum with it; it used to make the adapter unloadable. The
+    weights stay guarded by theirs."""
+    model = wrapped("adapter", "t5")
+    model.save_pretrained(tmp_path)
+    cfg = pha.MethodConfig.from_pretrained(tmp_path)
+    cfg.base_model_name_or_path = str(tmp_path / "backbone")
+    cfg.save_pretrained(tmp_path)
+    assert pha.PHAModel.from_pretrained(tiny("t5"), tmp_path).method_config == cfg
+    weights = tmp_path / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors does not match"):
+        pha.PHAModel.from_pretrained(tiny("t5"), tmp_path)
+
+
 def test_offline_alias_is_recorded_and_reloaded(pha_cache, tmp_path):  # noqa: F811
-    base, tokenizer, _ = pha.hub.load_backbone("minilm")
+    base, tokenizer, _ = pha.backbones.load_backbone("minilm")
     model = pha.get_model(base, pha.AdapterConfig(tasks=["a"], num_labels=[2], adapter_dim=4))
     assert model.method_config.base_model_name_or_path == "minilm"
     scramble(model)

@@ -58,7 +58,7 @@ def test_step_budget_follows_the_data():
 
 
 def test_linear_probe_trains_only_the_heads(tiny_bert, pha_cache, tmp_path):  # noqa: F811
-    from pha.hub import load_backbone
+    from pha.backbones import load_backbone
 
     base, _, _ = load_backbone(str(tiny_bert))
     model = pha.get_model(base, pha.LinearProbeConfig(tasks=TASKS, num_labels=[2, 5]))
@@ -77,7 +77,7 @@ def test_linear_probe_trains_only_the_heads(tiny_bert, pha_cache, tmp_path):  # 
 def test_linear_probe_needs_an_encoder(tmp_path):
     from train_utils import save_tiny_backbone
 
-    from pha.hub import load_backbone
+    from pha.backbones import load_backbone
 
     base, _, _ = load_backbone(str(save_tiny_backbone(tmp_path / "t5", "seq2seq")))
     with pytest.raises(ValueError, match="linear_probe needs an encoder backbone"):
@@ -100,7 +100,7 @@ def test_micro_batches_cover_the_global_batch(world, accum):
 def test_task_loss_reduction_sum_is_batch_times_mean(tiny_bert):  # noqa: F811
     import torch
 
-    from pha.hub import load_backbone
+    from pha.backbones import load_backbone
 
     ids = torch.randint(5, 50, (6, 9))
     labels, task_ids = torch.tensor([0, 1, 1, 0, 3, 4]), torch.tensor([0, 0, 0, 1, 1, 1])
@@ -168,7 +168,7 @@ def test_method_args_defaults_merge_under_the_flags(monkeypatch):
 def test_probe_phase_trains_only_the_heads(tiny_bert, pha_cache, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
-    from pha.hub import load_backbone
+    from pha.backbones import load_backbone
 
     train.seed_everything(0)
     base, _, _ = load_backbone(str(tiny_bert))

@@ -122,8 +122,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_bert, pha_cache, tmp_pa
 def _initial_weights(model_dir) -> dict:
     """The trainable weights pha.train starts from (seed 0)."""
     import pha
+    from pha.backbones import load_backbone
     from pha.data import get_task
-    from pha.hub import load_backbone
 
     train.seed_everything(0)
     base, _, _ = load_backbone(str(model_dir))

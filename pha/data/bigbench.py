@@ -14,13 +14,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import hub
+from .. import pypi_cache
 
 _ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 
 
 def _task_dir() -> Path:
-    return hub.cache_dir() / "bigbench"
+    return pypi_cache.cache_dir() / "bigbench"
 
 
 def _cached(name: str) -> Path:
@@ -43,8 +43,8 @@ def _scan(names: list[str]) -> None:
         if not missing:
             return
     wanted = {_ROOT + n + "/task.json": n for n in missing}
-    all_tasks = hub.read_archive("bigbench", lambda archive: _extract_tasks(archive, wanted))
-    hub.write_atomic(index, json.dumps(sorted(all_tasks)).encode())
+    all_tasks = pypi_cache.read_archive("bigbench", lambda archive: _extract_tasks(archive, wanted))
+    pypi_cache.write_cached(index, json.dumps(sorted(all_tasks)).encode())
 
 
 def _extract_tasks(archive: Path, wanted: dict[str, str]) -> list[str]:
@@ -62,7 +62,7 @@ def _extract_tasks(archive: Path, wanted: dict[str, str]) -> list[str]:
                 all_tasks.append(member.name[len(_ROOT) : -len("/task.json")])
                 if member.name in wanted:
                     data = tar.extractfile(member).read()
-                    hub.write_atomic(_cached(wanted[member.name]), data)
+                    pypi_cache.write_cached(_cached(wanted[member.name]), data)
     return all_tasks
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..hub import KINDS
+from ..backbones import BACKBONE_KINDS
 from .tasks import Task
 
 ANSWER = "\nAnswer:"
@@ -57,8 +57,8 @@ class Collator:
     ):
         """Items are (index into `tasks`, example); a batch's `task_ids` are that index plus
         `id_offset` (few-shot transfer: the new tasks' ids follow the source model's)."""
-        if kind not in KINDS:
-            raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+        if kind not in BACKBONE_KINDS:
+            raise ValueError(f"kind: expected one of {BACKBONE_KINDS}, got {kind!r}")
         if not isinstance(max_length, int) or max_length < 8:
             raise ValueError(f"max_length: expected an int >= 8, got {max_length!r}")
         if kind == "encoder" and any(t.is_regression for t in tasks):

