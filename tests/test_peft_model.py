@@ -12,7 +12,8 @@ import torch
 from method_utils import make_config, one_thread, scramble  # noqa: F401  (fixture)
 from tiny_backbones import FAMILIES, batch, tiny
 from train_utils import pha_cache, tiny_tokenizer  # noqa: F401  (fixture)
-from transformers.utils import ModelOutput
+from transformers import Trainer, TrainingArguments
+from transformers.utils import ModelOutput, find_labels
 
 import pha
 from pha.checkpoint import CheckpointError
@@ -142,6 +143,25 @@ def test_outputs_are_model_outputs_the_trainer_can_read(family):
     assert set(out.aux_losses) == {"ins", "pro"}
     assert model.config is model.base_model.config and model.method_config.method == "pha"
     assert model.accepts_loss_kwargs is False  # the Trainer passes no num_items_in_batch
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_the_trainer_finds_labels_in_every_methods_forward(method):
+    """The HF Trainer takes its label_names from forward's signature (find_labels);
+    HyperPELT's `forward(*args, visual_features, **kwargs)` used to hide them."""
+    model_class = type(pha.get_model(tiny("bert"), config(method, "bert")))
+    assert find_labels(model_class) == ["labels"]
+
+
+def test_trainer_prediction_step_returns_the_labels(tmp_path):
+    model = wrapped("hyperpelt", "bert")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = Trainer(model=model, args=args)
+    assert trainer.label_names == ["labels"]
+    x = {**inputs("bert"), "task_ids": torch.tensor([0, 1, 2, 0, 1, 2])}
+    loss, outputs, labels = trainer.prediction_step(model, x, prediction_loss_only=False)
+    assert loss is not None and outputs[0].shape[0] == 6  # the logits lead the other outputs
+    assert torch.equal(labels, x["labels"])  # None while find_labels found no labels
 
 
 def test_trainable_parameter_counts():

@@ -145,10 +145,13 @@ class HyperPELTModel(PHAModel):
         finally:
             self._visual_features = None
 
-    def forward(self, *args, visual_features: torch.Tensor | None = None, **kwargs) -> PHAOutput:
-        """PHAModel.forward, plus `visual_features` [B, visual_dim] (configs with visual_dim)."""
+    def forward(
+        self, input_ids, attention_mask=None, labels=None, task_ids=None, visual_features=None, **kw
+    ) -> PHAOutput:
+        """PHAModel.forward, plus `visual_features` [B, visual_dim] (configs with visual_dim).
+        Its arguments are spelled out: the HF Trainer looks for `labels` among them."""
         with self._visual(visual_features):
-            return super().forward(*args, **kwargs)
+            return super().forward(input_ids, attention_mask, labels, task_ids, **kw)
 
     @torch.no_grad()
     def generate(self, *args, visual_features: torch.Tensor | None = None, **kwargs):
