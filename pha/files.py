@@ -58,11 +58,6 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}-"
 
 
-def is_temp_name(name: str, target_name: str) -> bool:
-    """Whether `name` is a temporary of the file or directory named `target_name`."""
-    return name.startswith(f".{target_name}-") and name.endswith(".tmp")
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -156,7 +151,7 @@ def remove_stale_temps(target: str | os.PathLike) -> None:
     if not target.parent.is_dir():
         return
     for entry in target.parent.iterdir():
-        if is_temp_name(entry.name, target.name):
+        if entry.name.startswith(_temp_prefix(target)) and entry.name.endswith(".tmp"):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
