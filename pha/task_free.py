@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import Collator, MultiTaskData, metrics
-from .evaluate import predict
+from .scoring import predict
 
 CSV_FIELDS = ["run", "task", "prefix", "retrieval_accuracy", "metric", "with_task_ids",
               "with_retrieval"]  # fmt: skip

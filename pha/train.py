@@ -47,10 +47,11 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import Collator, MixedTaskSampler, head, load_tasks, metrics
-from .evaluate import MAX_NEW_TOKENS, evaluate, format_table, load_adapter
+from .evaluate import load_adapter
 from .files import OutputError, atomic_write_files
 from .methods import METHODS
 from .pypi_cache import CacheError
+from .scoring import MAX_NEW_TOKENS, evaluate, format_table
 from .train_config import ConfigError, TrainConfig, resolve_config
 
 __all__ = ["ConfigError", "TrainConfig", "TrainingError", "main", "resolve_config", "run"]

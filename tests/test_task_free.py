@@ -13,9 +13,9 @@ from train_utils import pha_cache, run_train, tiny_bert  # noqa: F401
 from pha import get_model
 from pha.backbones import load_backbone
 from pha.data import Collator, load_tasks
-from pha.evaluate import evaluate, predict
 from pha.evaluate import main as evaluate_main
 from pha.methods import METHODS
+from pha.scoring import evaluate, predict
 from pha.task_free import CSV_FIELDS, evaluate_task_free, retrieval_accuracy
 
 TASKS = ["rt_polarity", "bbc_topic"]  # 2 and 5 classes
