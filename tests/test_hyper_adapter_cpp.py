@@ -24,19 +24,18 @@ def _cpp_only():
     require("cpp", "hyper_adapter")
 
 
-ISA_PATHS = ("generic", "avx512", "avx512_bf16")
+ISA_PATHS = ("generic", "avx512", "avx512_bf16", "amx_bf16")
 
 
 @pytest.fixture(params=ISA_PATHS)
 def isa(request, monkeypatch):
     """Runs a test on each kernel path PHA_CPU_ISA can force (read per call); a path this
-    CPU cannot run is skipped, naming what the CPU has."""
-    if request.param not in pha.ops.cpu_isa_paths():
-        pytest.skip(
-            f"this CPU cannot run the {request.param} kernels "
-            f"(features: {', '.join(pha.ops.cpu_features()) or 'none'})"
-        )
+    CPU cannot run is skipped with the extension's reason (what the CPU or OS lacks)."""
     monkeypatch.setenv("PHA_CPU_ISA", request.param)
+    if request.param not in pha.ops.cpu_isa_paths():
+        with pytest.raises(RuntimeError, match="names kernels this CPU cannot run") as refused:
+            pha.ops.cpu_isa()
+        pytest.skip(f"{refused.value} (features: {', '.join(pha.ops.cpu_features()) or 'none'})")
     assert pha.ops.cpu_isa() == request.param
     return request.param
 
@@ -139,9 +138,21 @@ def test_forcing_a_path_the_cpu_lacks_raises(path, monkeypatch):
         fwd(*make_inputs(2, 2, 8, 4, 2)[0])
 
 
+def test_amx_features_are_consistent():
+    """amx_bf16 is a runnable path exactly when the extension reports the feature usable; a
+    CPU with AMX whose tiles the OS withholds says why instead."""
+    features = pha.ops.cpu_features()
+    usable = "amx_bf16" in features
+    assert usable == ("amx_bf16" in pha.ops.cpu_isa_paths())
+    withheld = [f for f in features if f.startswith("amx_bf16 unusable: ")]
+    assert not (usable and withheld)
+
+
 def test_auto_takes_the_best_path(monkeypatch):
+    """auto is the last path of ISA_PATHS this CPU runs (the order cpu_isa.h documents)."""
     monkeypatch.setenv("PHA_CPU_ISA", "auto")
     paths = pha.ops.cpu_isa_paths()
+    assert paths == tuple(p for p in ISA_PATHS if p in paths)
     assert paths[0] == "generic" and pha.ops.cpu_isa() == paths[-1]
     monkeypatch.delenv("PHA_CPU_ISA")
     assert pha.ops.cpu_isa() == paths[-1]
@@ -198,6 +209,23 @@ def test_tiles_and_activations(indexed, isa):
 @pytest.mark.parametrize("indexed", [False, True])
 def test_bf16_bigger_shape(indexed, isa):
     check_backend("cpp", 6, 40, 192, 64, 3 if indexed else 6, torch.bfloat16, "relu", indexed)
+
+
+# bf16 shapes that reach each edge of the AMX kernels' 16 x 16 x 32 tiles and 32 x 32 C
+# blocks: token tiles of 64 rows and a 17-row tail, r of 48 (a block of one column tile),
+# d a multiple of 32 (operands used in place) or not (packed), one set with more than the
+# 1024 token rows of a weight-gradient pass (the column-slice phase).
+TILE_EDGES = {
+    "per-instance": (2, 81, 160, 48, 2, False, None),
+    "indexed d=70": (5, 13, 70, 48, 3, True, torch.tensor([2, 0, 2, 2, 0])),
+    "one set, 1100 rows": (4, 275, 64, 40, 1, True, torch.zeros(4, dtype=torch.long)),
+}
+
+
+@pytest.mark.parametrize("shape", list(TILE_EDGES))
+def test_bf16_tile_edges(shape, isa):
+    b, t, d, r, g, indexed, index = TILE_EDGES[shape]
+    check_backend("cpp", b, t, d, r, g, torch.bfloat16, "gelu", indexed, index)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -6,6 +6,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -18,25 +19,35 @@ bool cpu_supports(Isa isa) {
     case Isa::Generic: return true;
     case Isa::Avx512: return f.avx512;
     case Isa::Avx512Bf16: return f.avx512 && f.avx512_bf16;
+    case Isa::AmxBf16: return f.avx512 && f.avx512_bf16 && f.amx_bf16;
   }
   return false;
 }
 
-// AMX-BF16 in cpuid, tile state enabled in XCR0, and Linux's permission to use it.
-bool detect_amx_bf16() {
+constexpr Isa kAllIsas[] = {Isa::Generic, Isa::Avx512, Isa::Avx512Bf16, Isa::AmxBf16};
+
+bool amx_bf16_in_cpuid() {
   unsigned eax, ebx, ecx, edx;
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-  const bool amx_bf16 = (edx >> 22) & 1, amx_tile = (edx >> 24) & 1;
-  if (!amx_bf16 || !amx_tile) return false;
-  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1)) return false;  // OSXSAVE
+  return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && ((edx >> 22) & 1) && ((edx >> 24) & 1);
+}
+
+// "" when the AMX tiles of a CPU that has them are usable: tile state enabled in XCR0 and
+// Linux's permission to use it (asked once per process); else why not.
+std::string amx_tiles_withheld() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !((ecx >> 27) & 1))
+    return "the OS does not enable XSAVE (OSXSAVE)";
   unsigned xcr0_lo, xcr0_hi;
   __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-  if (((xcr0_lo >> 17) & 3) != 3) return false;  // XTILECFG and XTILEDATA
+  if (((xcr0_lo >> 17) & 3) != 3) return "the OS does not enable the AMX tile state (XCR0)";
 #ifdef SYS_arch_prctl
   constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+    return std::string("Linux refused arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): ") +
+           std::strerror(errno);
+  return "";
 #else
-  return false;
+  return "no arch_prctl on this platform to request the AMX tile state";
 #endif
 }
 
@@ -51,7 +62,9 @@ const CpuFeatures& cpu_features() {
                __builtin_cpu_supports("fma");
     f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
     f.avx512_fp16 = f.avx512 && __builtin_cpu_supports("avx512fp16");
-    f.amx_bf16 = detect_amx_bf16();
+    f.amx_in_cpuid = amx_bf16_in_cpuid();
+    f.amx_unusable = f.amx_in_cpuid ? amx_tiles_withheld() : "the CPU has no amx_bf16/amx_tile";
+    f.amx_bf16 = f.amx_unusable.empty();
     return f;
   }();
   return features;
@@ -62,13 +75,14 @@ const char* isa_name(Isa isa) {
     case Isa::Generic: return "generic";
     case Isa::Avx512: return "avx512";
     case Isa::Avx512Bf16: return "avx512_bf16";
+    case Isa::AmxBf16: return "amx_bf16";
   }
   return "?";
 }
 
 std::vector<std::string> runnable_isas() {
   std::vector<std::string> names;
-  for (Isa isa : {Isa::Generic, Isa::Avx512, Isa::Avx512Bf16})
+  for (Isa isa : kAllIsas)
     if (cpu_supports(isa)) names.emplace_back(isa_name(isa));
   return names;
 }
@@ -76,17 +90,21 @@ std::vector<std::string> runnable_isas() {
 Isa active_isa() {
   const char* asked = std::getenv("PHA_CPU_ISA");
   if (asked == nullptr || *asked == '\0' || std::strcmp(asked, "auto") == 0) {
-    for (Isa isa : {Isa::Avx512Bf16, Isa::Avx512})
-      if (cpu_supports(isa)) return isa;
-    return Isa::Generic;
+    Isa best = Isa::Generic;  // the last path in kAllIsas the CPU runs (see cpu_isa.h)
+    for (Isa isa : kAllIsas)
+      if (cpu_supports(isa)) best = isa;
+    return best;
   }
-  for (Isa isa : {Isa::Generic, Isa::Avx512, Isa::Avx512Bf16}) {
+  for (Isa isa : kAllIsas) {
     if (std::strcmp(asked, isa_name(isa)) != 0) continue;
+    const std::string& amx_why = cpu_features().amx_unusable;
     TORCH_CHECK(cpu_supports(isa), "PHA_CPU_ISA=", asked,
-                " names kernels this CPU cannot run; it runs: ", c10::Join(", ", runnable_isas()));
+                " names kernels this CPU cannot run; it runs: ", c10::Join(", ", runnable_isas()),
+                isa == Isa::AmxBf16 && !amx_why.empty() ? " (amx_bf16: " + amx_why + ")" : "");
     return isa;
   }
-  TORCH_CHECK_VALUE(false, "PHA_CPU_ISA must be one of auto, generic, avx512, avx512_bf16, got '",
+  TORCH_CHECK_VALUE(false,
+                    "PHA_CPU_ISA must be one of auto, generic, avx512, avx512_bf16, amx_bf16, got '",
                     asked, "'");
 }
 

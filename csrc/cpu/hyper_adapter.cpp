@@ -12,7 +12,8 @@
 //                        so the reduction over instances needs no atomics and no partials.
 // Arithmetic is fp64 for fp64 and fp32 otherwise. bf16 operands are widened to fp32 in
 // scratch, or, on the avx512_bf16 path, stay bf16 for dot-product kernels that accumulate in
-// fp32 (act(H) and dP then round to bf16 before their products, as eager bf16 does).
+// fp32 (act(H) and dP then round to bf16 before their products, as eager bf16 does); on the
+// amx_bf16 path those bf16 GEMMs run on AMX tiles.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -29,6 +30,7 @@
 
 #include "cpu_isa.h"
 #include "hyper_adapter_gemm.h"
+#include "hyper_adapter_gemm_amx.h"
 #include "hyper_adapter_gemm_bf16.h"
 
 namespace pha_cpu {
@@ -248,8 +250,8 @@ const acc_t* as_acc(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_
 }
 
 // A K x N panel (acc_t, row stride N) as the B operand of ops.rows: itself for fp32 / fp64
-// operands; for bf16 dot products rounded to bf16 (exact: the values came from bf16) and
-// packed by pairs of rows into scratch.
+// operands; for bf16 operands rounded to bf16 (exact: the values came from bf16) and
+// packed (ops.pack_panel) into scratch.
 template <typename op_t, typename acc_t>
 const op_t* as_panel(const GemmOps<op_t, acc_t>& ops, const acc_t* src, int64_t K, int64_t N,
                      Slot slot) {
@@ -258,31 +260,32 @@ const op_t* as_panel(const GemmOps<op_t, acc_t>& ops, const acc_t* src, int64_t 
   } else {
     op_t* narrow = scratch<op_t>(kPanelBf16, K * N);
     ops.narrow_bf16(src, reinterpret_cast<uint16_t*>(narrow), K * N);
-    op_t* dst = scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
-    pack_pairs_bf16(K, N, narrow, N, dst);
+    op_t* dst = scratch<op_t>(slot, ops.panel_elems(K, N));
+    ops.pack_panel(K, N, narrow, N, dst);
     return dst;
   }
 }
 
 // Where as_panel put the panel of `src` (nothing is packed here).
 template <typename op_t, typename acc_t>
-const op_t* as_panel_of(const acc_t* src, int64_t K, int64_t N, Slot slot) {
+const op_t* as_panel_of(const GemmOps<op_t, acc_t>& ops, const acc_t* src, int64_t K, int64_t N,
+                        Slot slot) {
   if constexpr (std::is_same_v<op_t, acc_t>)
     return src;
   else
-    return scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
+    return scratch<op_t>(slot, ops.panel_elems(K, N));
 }
 
 // A weight set of scalar_t (K x N) as a panel: itself for fp32 / fp64, widened for bf16 on
-// fp32 kernels, packed by pairs of rows for bf16 dot products.
+// fp32 kernels, packed (ops.pack_panel) for bf16 operands.
 template <typename scalar_t, typename op_t, typename acc_t>
 const op_t* weight_panel(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_t K,
                          int64_t N, Slot slot) {
   if constexpr (std::is_same_v<op_t, acc_t>) {
     return as_acc(ops, src, K * N, slot);
   } else {
-    op_t* dst = scratch<op_t>(slot, 2 * ((K + 1) / 2) * N);
-    pack_pairs_bf16(K, N, src, N, dst);
+    op_t* dst = scratch<op_t>(slot, ops.panel_elems(K, N));
+    ops.pack_panel(K, N, src, N, dst);
     return dst;
   }
 }
@@ -392,8 +395,8 @@ struct Backward {
       loaded = g;
     }
     // The panels as_panel made (scratch keeps them between tiles of one set).
-    const op_t* WuP = as_panel_of<op_t>(WuT, d, r, kWu);
-    const op_t* WdP = as_panel_of<op_t>(WdT, r, d, kWd);
+    const op_t* WuP = as_panel_of(ops, WuT, d, r, kWu);
+    const op_t* WdP = as_panel_of(ops, WdT, r, d, kWd);
     std::array<const op_t*, kTileRows> in_rows;
     std::array<acc_t*, kTileRows> out_rows;
     op_t* gt = scratch<op_t>(kX, kTileRows * d);      // widened grad_out
@@ -611,13 +614,16 @@ void backward_impl(const Plan& p, const scalar_t* gout, const scalar_t* x, const
 // ------------------------------------------------------------------ validation
 // Calls run(ops) with the GEMM ops of the active ISA path for scalar_t inputs: the portable
 // templates for float64 and PHA_CPU_ISA=generic, the fp32 AVX-512 kernels for fp32 (and
-// bf16, widened, on the avx512 path), the bf16 dot-product kernels for bf16 on avx512_bf16.
+// bf16, widened, on the avx512 path), the bf16 dot-product kernels for bf16 on avx512_bf16,
+// the AMX tile kernels for bf16 on amx_bf16.
 template <typename scalar_t, typename Run>
 void with_ops(const Run& run) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const Isa isa = active_isa();
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>)
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     if (isa == Isa::Avx512Bf16) return run(avx512_bf16_ops());
+    if (isa == Isa::AmxBf16) return run(amx_bf16_ops());
+  }
   if constexpr (std::is_same_v<acc_t, float>)
     if (isa != Isa::Generic) return run(avx512_ops());
   run(generic_ops<acc_t>());

@@ -25,7 +25,7 @@ namespace pha_cpu {
 template <typename op_t, typename acc_t = op_t>
 struct GemmOps {
   // C rows c[i][0:N] = (bias ? bias : 0) + sum_k a[i][k] * B[k][0:N], i < M. B is a K x N
-  // panel (row stride ldb = N) in the layout the ops take (see pack_panel in the caller).
+  // panel (row stride ldb = N), packed by pack_panel when that is set.
   void (*rows)(int64_t M, int64_t N, int64_t K, const op_t* const* a, const op_t* b,
                int64_t ldb, acc_t* const* c, const acc_t* bias);
   // c[i * ldc + j] (+)= sum_k ak[k][aoff + i] * bk[k][boff + j], i < M, j < N.
@@ -37,6 +37,10 @@ struct GemmOps {
   // bfloat16 (raw bits) <-> acc_t, n elements; narrowing rounds to nearest even.
   void (*widen_bf16)(const uint16_t* src, acc_t* dst, int64_t n);
   void (*narrow_bf16)(const acc_t* src, uint16_t* dst, int64_t n);
+  // Operands narrower than acc_t only (bf16): rows() takes its B panel packed, K x N (row
+  // stride ld) into panel_elems(K, N) values. Wider panels are used as they are (null).
+  int64_t (*panel_elems)(int64_t K, int64_t N) = nullptr;
+  void (*pack_panel)(int64_t K, int64_t N, const op_t* src, int64_t ld, op_t* dst) = nullptr;
 };
 
 // ---------------------------------------------------------------- portable versions

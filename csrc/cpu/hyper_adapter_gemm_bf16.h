@@ -28,10 +28,12 @@ namespace pha_cpu {
 
 using bf16 = c10::BFloat16;
 
-// dst[(k / 2) * 2N + 2j + k % 2] = src[k * ld + j]; an odd K's last pair is padded with
-// zeros. dst holds 2 * ceil(K / 2) * N values. Rows are interleaved 32 columns at a time.
-PHA_AVX512_BF16 inline void pack_pairs_bf16(int64_t K, int64_t N, const bf16* src, int64_t ld,
-                                            bf16* dst) {
+// dst[(k / 2) * ldd + 2j + k % 2] = row(k)[j] for k < K, j < N, and 0 for K <= k < kp or
+// N <= j < np (padding; kp even, np >= N): pair rows 0 .. kp / 2 - 1, each 2 np values.
+// Rows are interleaved 32 columns at a time.
+template <typename RowAt>
+PHA_AVX512_BF16 inline void pack_pairs_rows(int64_t K, int64_t N, const RowAt& row, int64_t kp,
+                                            int64_t np, bf16* dst, int64_t ldd) {
   __m512i lo_idx, hi_idx;  // (r0[j], r1[j]) for j = 0..15, then j = 16..31
   {
     alignas(64) int16_t lo[32], hi[32];
@@ -42,25 +44,32 @@ PHA_AVX512_BF16 inline void pack_pairs_bf16(int64_t K, int64_t N, const bf16* sr
     lo_idx = _mm512_load_si512(lo);
     hi_idx = _mm512_load_si512(hi);
   }
-  for (int64_t k = 0; k < K; k += 2) {
-    const bf16* r0 = src + k * ld;
-    const bf16* r1 = k + 1 < K ? r0 + ld : nullptr;
-    bf16* out = dst + (k / 2) * 2 * N;
-    for (int64_t j = 0; j < N; j += 32) {
-      const int64_t n = std::min<int64_t>(32, N - j);
-      const __mmask32 m = n == 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1);
-      const __m512i a = _mm512_maskz_loadu_epi16(m, r0 + j);
+  auto mask = [](int64_t n) {  // the first n of 32 16-bit lanes
+    return n >= 32 ? ~__mmask32(0) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
+  };
+  for (int64_t k = 0; k < kp; k += 2) {
+    const bf16* r0 = k < K ? row(k) : nullptr;
+    const bf16* r1 = k + 1 < K ? row(k + 1) : nullptr;
+    bf16* out = dst + (k / 2) * ldd;
+    for (int64_t j = 0; j < np; j += 32) {
+      const __mmask32 m = mask(N - j);
+      const __m512i a = r0 ? _mm512_maskz_loadu_epi16(m, r0 + j) : _mm512_setzero_si512();
       const __m512i b = r1 ? _mm512_maskz_loadu_epi16(m, r1 + j) : _mm512_setzero_si512();
-      const __m512i first = _mm512_permutex2var_epi16(a, lo_idx, b);
-      const __m512i second = _mm512_permutex2var_epi16(a, hi_idx, b);
-      const __mmask32 m0 = n >= 16 ? ~__mmask32(0) : __mmask32((1u << (2 * n)) - 1);
-      const __mmask32 m1 = n <= 16 ? __mmask32(0)
-                           : n == 32 ? ~__mmask32(0)
-                                     : __mmask32((1u << (2 * (n - 16))) - 1);
-      _mm512_mask_storeu_epi16(out + 2 * j, m0, first);
-      _mm512_mask_storeu_epi16(out + 2 * j + 32, m1, second);
+      const int64_t n = std::min<int64_t>(32, np - j);
+      _mm512_mask_storeu_epi16(out + 2 * j, mask(2 * n), _mm512_permutex2var_epi16(a, lo_idx, b));
+      _mm512_mask_storeu_epi16(out + 2 * j + 32, mask(2 * n - 32),
+                               _mm512_permutex2var_epi16(a, hi_idx, b));
     }
   }
+}
+
+// The K x N panel src (row stride ld) packed by pairs of rows, 2 * ceil(K / 2) * N values
+// (an odd K's last pair is padded with zeros): the B operand of rows_bf16.
+inline int64_t pairs_panel_elems(int64_t K, int64_t N) { return 2 * ((K + 1) / 2) * N; }
+
+PHA_AVX512_BF16 inline void pack_pairs_bf16(int64_t K, int64_t N, const bf16* src, int64_t ld,
+                                            bf16* dst) {
+  pack_pairs_rows(K, N, [&](int64_t k) { return src + k * ld; }, K + K % 2, N, dst, 2 * N);
 }
 
 PHA_AVX512_BF16 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
@@ -276,7 +285,8 @@ PHA_AVX512_BF16 inline void cols_bf16(int64_t M, int64_t N, int64_t K, const bf1
 #undef PHA_DP
 
 inline GemmOps<bf16, float> avx512_bf16_ops() {
-  return {&rows_bf16, &cols_bf16, &transpose_avx512, &widen_bf16_avx512, &narrow_bf16_avx512};
+  return {&rows_bf16,          &cols_bf16,          &transpose_avx512, &widen_bf16_avx512,
+          &narrow_bf16_avx512, &pairs_panel_elems, &pack_pairs_bf16};
 }
 
 }  // namespace pha_cpu

@@ -21,6 +21,9 @@ std::vector<std::string> cpu_features() {
   if (f.avx512_bf16) names.emplace_back("avx512_bf16");
   if (f.avx512_fp16) names.emplace_back("avx512_fp16");
   if (f.amx_bf16) names.emplace_back("amx_bf16");
+  // A CPU with AMX whose tiles the OS withholds says so (cpuid alone would list it).
+  else if (f.amx_in_cpuid)
+    names.emplace_back("amx_bf16 unusable: " + f.amx_unusable);
   return names;
 }
 
