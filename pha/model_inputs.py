@@ -26,12 +26,13 @@ def check_tokens(
         raise ValueError(
             f"{name}: expected at least one instance and one token, got shape {list(input_ids.shape)}"
         )
-    lo, hi = int(input_ids.min()), int(input_ids.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(
-            f"{name} values must lie in [0, {vocab_size}) (the backbone's vocabulary), got "
-            f"min {lo}, max {hi}"
-        )
+    if not torch.compiler.is_compiling():  # data-dependent: it would break a compiled graph
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(
+                f"{name} values must lie in [0, {vocab_size}) (the backbone's vocabulary), got "
+                f"min {lo}, max {hi}"
+            )
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor):
             raise TypeError(

@@ -180,7 +180,12 @@ class PHAModel(Method, nn.Module):
             ids = torch.tensor(
                 [self.tasks.index(t) if isinstance(t, str) else int(t) for t in names]
             )
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
+        # Data-dependent: skipped while torch.compile traces (it would break the graph).
+        if (
+            ids.numel()
+            and not torch.compiler.is_compiling()
+            and (int(ids.min()) < 0 or int(ids.max()) >= k)
+        ):
             bad = ids[(ids < 0) | (ids >= k)].tolist()
             raise ValueError(
                 f"unknown task ids {bad}: ids must lie in [0, {k}) for tasks {self.tasks}"
@@ -338,6 +343,16 @@ class PHAModel(Method, nn.Module):
         dtype = self.heads[0].weight.dtype
         logits = pooled.new_full((hidden.shape[0], n_max), torch.finfo(dtype).min, dtype=dtype)
         loss = pooled.new_zeros((), dtype=torch.float32) if labels is not None else None
+        # Per task head; under torch.compile without the row gathers (data-dependent shapes).
+        per_task = self._classify_masked if torch.compiler.is_compiling() else self._classify_rows
+        logits, loss = per_task(pooled, labels, task_ids, logits, loss)
+        if loss is not None and self.method_config.task_loss_reduction == "mean":
+            loss = loss / hidden.shape[0]
+        return logits, loss
+
+    def _classify_rows(self, pooled, labels, task_ids, logits, loss):
+        """_classify's heads, each on the rows of its task present in the batch."""
+        dtype = logits.dtype
         for k in torch.unique(task_ids).tolist():
             rows = (task_ids == k).nonzero().squeeze(1)
             head_logits = self.heads[k](pooled[rows].to(dtype))
@@ -355,8 +370,26 @@ class PHAModel(Method, nn.Module):
                     reduction="sum",
                     label_smoothing=self.method_config.label_smoothing,
                 )
-        if loss is not None and self.method_config.task_loss_reduction == "mean":
-            loss = loss / hidden.shape[0]
+        return logits, loss
+
+    def _classify_masked(self, pooled, labels, task_ids, logits, loss):
+        """_classify's heads without data-dependent shapes, for torch.compile: each head on
+        every row, kept on its task's rows (the labels' range is not checked there)."""
+        for k, head in enumerate(self.heads):
+            mine = task_ids == k
+            head_logits = head(pooled.to(logits.dtype))
+            n = head_logits.shape[1]
+            logits[:, :n] = torch.where(
+                mine.unsqueeze(1), head_logits.to(logits.dtype), logits[:, :n]
+            )
+            if labels is not None:
+                per_row = F.cross_entropy(
+                    head_logits.float(),
+                    torch.where(mine, labels, 0),
+                    reduction="none",
+                    label_smoothing=self.method_config.label_smoothing,
+                )
+                loss = loss + (per_row * mine).sum()
         return logits, loss
 
     @torch.no_grad()

@@ -18,6 +18,16 @@ def adapter_shapes(d: int, r: int) -> dict[str, tuple[int, ...]]:
     return {"w_down": (d, r), "b_down": (r,), "w_up": (r, d), "b_up": (d,)}
 
 
+def tasks_in_batch(task_ids: torch.Tensor, num_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tasks, index): the task ids whose weights a batch needs, each generated once, and
+    each instance's position in `tasks`. Eagerly the distinct ids (torch.unique); under
+    torch.compile every task, index = task_ids: unique's data-dependent output shape would
+    break the graph, and the weights of absent tasks get no gradient either way."""
+    if torch.compiler.is_compiling():
+        return torch.arange(num_tasks, device=task_ids.device), task_ids
+    return torch.unique(task_ids, return_inverse=True)
+
+
 def apply_generated_adapter(
     x: torch.Tensor,
     weights: dict[str, torch.Tensor] | None,

@@ -9,7 +9,7 @@ from torch import nn
 from ...modules import HyperNetwork
 from ...peft_model import PHAModel
 from ..base import Context, expand_rows, register
-from ..generated import adapter_shapes, apply_generated_adapter
+from ..generated import adapter_shapes, apply_generated_adapter, tasks_in_batch
 from .config import HyperFormerConfig
 
 POSITIONS = ("ffn", "attention")  # position embedding 0 = after FFN, 1 = after attention
@@ -67,7 +67,7 @@ class HyperFormerModel(PHAModel):
         return fn
 
     def condition(self, ctx: Context) -> None:
-        tasks, ctx.index = torch.unique(ctx.task_ids, return_inverse=True)
+        tasks, ctx.index = tasks_in_batch(ctx.task_ids, len(self.tasks))
         cond = self.task_embeddings(tasks)
         ctx.weights = {stack: net(cond) for stack, net in self.hypernet.items()}
 

@@ -12,7 +12,7 @@ from ...modules import HyperNetwork
 from ...modules.prefix import PrefixGenerator
 from ...peft_model import PHAModel, PHAOutput
 from ..base import Context, register
-from ..generated import ADAPTER_TENSORS, adapter_shapes, apply_generated_adapter
+from ..generated import ADAPTER_TENSORS, adapter_shapes, apply_generated_adapter, tasks_in_batch
 from .config import HyperPELTConfig
 
 SELF_ATTENTION, CROSS_ATTENTION, FFN = range(3)  # the block axis of the hypernetwork's sites
@@ -72,7 +72,7 @@ class HyperPELTModel(PHAModel):
     def condition(self, ctx: Context) -> None:
         visual, cfg = self._visual_features, self.method_config
         if visual is None:  # weights depend on (task, site) only: one set per task present
-            tasks, ctx.index = torch.unique(ctx.task_ids, return_inverse=True)
+            tasks, ctx.index = tasks_in_batch(ctx.task_ids, len(self.tasks))
             cond = self.task_embeddings(tasks)
             if cfg.visual_dim is not None:  # text-only instances: zero visual embedding
                 cond = torch.cat([cond, cond.new_zeros(len(tasks), cfg.visual_embed_dim)], -1)
