@@ -124,7 +124,7 @@ void activate_and_grad_row(const float* h, const T* dh, op_t* a, op_t* dp, int64
 // Grow-only thread-local buffers: no allocation per call once warm.
 enum Slot {
   kX, kA, kWd, kWu, kBd, kBu, kCUp, kCDown, kGx, kXt, kGradUp, kGradDownT, kActBuf, kDpreBuf,
-  kPanelBf16, kNumSlots
+  kNumSlots
 };
 
 template <typename T>
@@ -249,29 +249,23 @@ const acc_t* as_acc(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_
   }
 }
 
-// A K x N panel (acc_t, row stride N) as the B operand of ops.rows: itself for fp32 / fp64
-// operands; for bf16 operands rounded to bf16 (exact: the values came from bf16) and
-// packed (ops.pack_panel) into scratch.
-template <typename op_t, typename acc_t>
-const op_t* as_panel(const GemmOps<op_t, acc_t>& ops, const acc_t* src, int64_t K, int64_t N,
-                     Slot slot) {
-  if constexpr (std::is_same_v<op_t, acc_t>) {
-    return src;
-  } else {
-    op_t* narrow = scratch<op_t>(kPanelBf16, K * N);
-    ops.narrow_bf16(src, reinterpret_cast<uint16_t*>(narrow), K * N);
-    op_t* dst = scratch<op_t>(slot, ops.panel_elems(K, N));
-    ops.pack_panel(K, N, narrow, N, dst);
-    return dst;
-  }
+// The B operand of ops.rows for src^T, src an N x K weight (row stride K), put in scratch
+// `slot`: transposed, widened to acc_t where the operands are acc_t; packed straight from
+// the bf16 weight for bf16 operands.
+template <typename scalar_t, typename op_t, typename acc_t>
+void transposed_panel(const GemmOps<op_t, acc_t>& ops, const scalar_t* src, int64_t K, int64_t N,
+                      Slot slot) {
+  if constexpr (std::is_same_v<op_t, acc_t>)
+    ops.transpose(N, K, as_acc(ops, src, N * K, kCUp), K, scratch<acc_t>(slot, K * N), N);
+  else
+    ops.pack_panel_t(K, N, src, scratch<op_t>(slot, ops.panel_elems(K, N)));
 }
 
-// Where as_panel put the panel of `src` (nothing is packed here).
+// Where transposed_panel put its K x N panel.
 template <typename op_t, typename acc_t>
-const op_t* as_panel_of(const GemmOps<op_t, acc_t>& ops, const acc_t* src, int64_t K, int64_t N,
-                        Slot slot) {
+const op_t* panel_in(const GemmOps<op_t, acc_t>& ops, int64_t K, int64_t N, Slot slot) {
   if constexpr (std::is_same_v<op_t, acc_t>)
-    return src;
+    return scratch<acc_t>(slot, K * N);
   else
     return scratch<op_t>(slot, ops.panel_elems(K, N));
 }
@@ -385,18 +379,14 @@ struct Backward {
   // `loaded` is the set whose transposed weights this thread holds in scratch.
   void tile(const Tile& tile, int64_t& loaded, std::array<int64_t, kTileRows>& orig) const {
     const int64_t d = p.d, r = p.r, g = p.set[tile.seg], m = tile.rows;
-    acc_t* WuT = scratch<acc_t>(kWu, d * r);  // [d, r]
-    acc_t* WdT = scratch<acc_t>(kWd, r * d);  // [r, d]
     if (g != loaded) {
-      ops.transpose(r, d, as_acc(ops, wu + g * r * d, r * d, kCUp), d, WuT, r);
-      ops.transpose(d, r, as_acc(ops, wd + g * d * r, d * r, kCUp), r, WdT, d);
-      as_panel(ops, WuT, d, r, kWu);
-      as_panel(ops, WdT, r, d, kWd);
+      transposed_panel(ops, wu + g * r * d, d, r, kWu);
+      transposed_panel(ops, wd + g * d * r, r, d, kWd);
       loaded = g;
     }
-    // The panels as_panel made (scratch keeps them between tiles of one set).
-    const op_t* WuP = as_panel_of(ops, WuT, d, r, kWu);
-    const op_t* WdP = as_panel_of(ops, WdT, r, d, kWd);
+    // The panels transposed_panel made (scratch keeps them between tiles of one set).
+    const op_t* WuP = panel_in(ops, d, r, kWu);
+    const op_t* WdP = panel_in(ops, r, d, kWd);
     std::array<const op_t*, kTileRows> in_rows;
     std::array<acc_t*, kTileRows> out_rows;
     op_t* gt = scratch<op_t>(kX, kTileRows * d);      // widened grad_out

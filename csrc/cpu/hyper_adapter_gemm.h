@@ -41,6 +41,8 @@ struct GemmOps {
   // stride ld) into panel_elems(K, N) values. Wider panels are used as they are (null).
   int64_t (*panel_elems)(int64_t K, int64_t N) = nullptr;
   void (*pack_panel)(int64_t K, int64_t N, const op_t* src, int64_t ld, op_t* dst) = nullptr;
+  // The same for src^T, src N x K (row stride K): the panel packed without a transpose pass.
+  void (*pack_panel_t)(int64_t K, int64_t N, const op_t* src, op_t* dst) = nullptr;
 };
 
 // ---------------------------------------------------------------- portable versions

@@ -225,9 +225,15 @@ PHA_AVX512_BF16 inline void pack_panel_amx(int64_t K, int64_t N, const bf16* src
   pack_pairs_rows(K, N, [&](int64_t k) { return src + k * ld; }, round_up(K, 32), np, dst, 2 * np);
 }
 
+PHA_AVX512_BF16 inline void pack_panel_amx_transposed(int64_t K, int64_t N, const bf16* src,
+                                                      bf16* dst) {
+  const int64_t np = round_up(N, 16);
+  pack_pairs_transposed(K, N, src, round_up(K, 32), np, dst, 2 * np);
+}
+
 inline GemmOps<bf16, float> amx_bf16_ops() {
   return {&rows_amx,           &cols_amx,        &transpose_avx512, &widen_bf16_avx512,
-          &narrow_bf16_avx512, &amx_panel_elems, &pack_panel_amx};
+          &narrow_bf16_avx512, &amx_panel_elems, &pack_panel_amx,   &pack_panel_amx_transposed};
 }
 
 }  // namespace pha_cpu

@@ -72,6 +72,35 @@ PHA_AVX512_BF16 inline void pack_pairs_bf16(int64_t K, int64_t N, const bf16* sr
   pack_pairs_rows(K, N, [&](int64_t k) { return src + k * ld; }, K + K % 2, N, dst, 2 * N);
 }
 
+// The panel of a transposed matrix: B = src^T with src N x K (row stride K), laid out as
+// pack_pairs_rows lays out B (kp, np, ldd as there). A pair (src[j][k], src[j][k + 1]) is
+// one 32-bit unit of src's row j, so for an even K this is a transpose of 32-bit units.
+PHA_AVX512_BF16 inline void pack_pairs_transposed(int64_t K, int64_t N, const bf16* src,
+                                                  int64_t kp, int64_t np, bf16* dst,
+                                                  int64_t ldd) {
+  const int64_t pairs = (K + 1) / 2;
+  if (K % 2 == 0) {
+    transpose_avx512(N, pairs, reinterpret_cast<const float*>(src), pairs,
+                     reinterpret_cast<float*>(dst), ldd / 2);
+  } else {
+    for (int64_t kk = 0; kk < pairs; ++kk)
+      for (int64_t j = 0; j < N; ++j) {
+        const int64_t k = 2 * kk;
+        dst[kk * ldd + 2 * j] = src[j * K + k];
+        dst[kk * ldd + 2 * j + 1] = k + 1 < K ? src[j * K + k + 1] : bf16(0.0f);
+      }
+  }
+  for (int64_t kk = 0; kk < kp / 2; ++kk) {  // zero padding
+    const int64_t from = kk < pairs ? 2 * N : 0;
+    std::fill(dst + kk * ldd + from, dst + kk * ldd + 2 * np, bf16(0.0f));
+  }
+}
+
+PHA_AVX512_BF16 inline void pack_pairs_bf16_transposed(int64_t K, int64_t N, const bf16* src,
+                                                       bf16* dst) {
+  pack_pairs_transposed(K, N, src, K + K % 2, N, dst, 2 * N);
+}
+
 PHA_AVX512_BF16 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh&>(v); }
 
 // The 32 bits at p (a pair of bf16) in every lane: a broadcast from memory (load port), not
@@ -285,8 +314,8 @@ PHA_AVX512_BF16 inline void cols_bf16(int64_t M, int64_t N, int64_t K, const bf1
 #undef PHA_DP
 
 inline GemmOps<bf16, float> avx512_bf16_ops() {
-  return {&rows_bf16,          &cols_bf16,          &transpose_avx512, &widen_bf16_avx512,
-          &narrow_bf16_avx512, &pairs_panel_elems, &pack_pairs_bf16};
+  return {&rows_bf16,          &cols_bf16,         &transpose_avx512, &widen_bf16_avx512,
+          &narrow_bf16_avx512, &pairs_panel_elems, &pack_pairs_bf16,  &pack_pairs_bf16_transposed};
 }
 
 }  // namespace pha_cpu
