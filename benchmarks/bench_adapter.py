@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "--isa-paths",
         default="",
         help="comma-separated PHA_CPU_ISA paths to time the cpp backend on "
-        "(default: the one this CPU picks), e.g. avx512,avx512_bf16",
+        "(default: the one this CPU picks), e.g. avx512,avx512_bf16,amx_bf16",
     )
     args = parser.parse_args(argv)
     if args.timer == "thread" and (args.threads != 1 or args.device != "cpu"):

@@ -159,8 +159,8 @@ def module(name: str) -> Any:
 
 def cpu_isa() -> str:
     """The C++ CPU kernels' instruction-set path for a call made now: "generic",
-    "avx512" or "avx512_bf16" (the best this CPU runs, or the one PHA_CPU_ISA names;
-    naming one this CPU cannot run raises)."""
+    "avx512", "avx512_bf16" or "amx_bf16" (the best this CPU runs, or the one PHA_CPU_ISA
+    names; naming one this CPU cannot run raises, saying why)."""
     return str(module("cpp").cpu_isa())
 
 
@@ -171,5 +171,6 @@ def cpu_isa_paths() -> tuple[str, ...]:
 
 def cpu_features() -> tuple[str, ...]:
     """The CPU features the C++ extension detected (avx512, avx512_bf16, avx512_fp16,
-    amx_bf16): recorded by the benchmarks."""
+    amx_bf16; "amx_bf16 unusable: <why>" when the CPU has AMX but the OS withholds the
+    tiles): recorded by the benchmarks."""
     return tuple(module("cpp").cpu_features())
