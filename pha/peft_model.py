@@ -258,6 +258,11 @@ class PHAModel(Method, nn.Module):
             mask = torch.where(has_prompt, prompt, mask.bool())
         return mask
 
+    def _check_tokens(self, input_ids, attention_mask) -> None:
+        check_tokens(
+            input_ids, attention_mask, self.base_model.get_input_embeddings().num_embeddings
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -271,9 +276,7 @@ class PHAModel(Method, nn.Module):
         Encoder: labels [B] class ids; logits [B, max(num_labels)]. T5 / decoder-only:
         labels are token ids (-100 ignored) and logits the LM logits; T5 without labels
         or decoder_input_ids decodes one step from the decoder start token."""
-        check_tokens(
-            input_ids, attention_mask, self.base_model.get_input_embeddings().num_embeddings
-        )
+        self._check_tokens(input_ids, attention_mask)
         if labels is not None:
             check_labels(labels, input_ids.shape[0], self.backbone_kind)
         pool_mask = self._pool_mask(input_ids, attention_mask, labels)
@@ -404,6 +407,7 @@ class PHAModel(Method, nn.Module):
         methods with prototypes retrieve each instance's task."""
         if self.backbone_kind == "encoder":
             raise ValueError("generate needs a T5 or decoder-only backbone, not an encoder")
+        self._check_tokens(input_ids, attention_mask)
         pool_mask = self._pool_mask(input_ids, attention_mask, None)
         with self._conditioned(input_ids, task_ids, pool_mask):
             return self.base_model.generate(
@@ -424,6 +428,7 @@ class PHAModel(Method, nn.Module):
         """The retriever's z [B, e], running the backbone only up to the split."""
         if not hasattr(self, "retriever"):
             raise ValueError(f"{type(self).__name__} has no retriever")
+        self._check_tokens(input_ids, attention_mask)
         pool_mask = self._pool_mask(input_ids, attention_mask, None)
         with self._conditioned(input_ids, None, pool_mask, stop_at_split=True) as ctx:
             try:

@@ -97,3 +97,25 @@ def test_forward_inputs(family):
     ):
         model(ids, mask, labels[:3], task_ids=TASK_IDS)
     assert torch.isfinite(model(ids, mask, labels, task_ids=TASK_IDS).loss)
+
+
+@pytest.mark.parametrize(
+    "family, call",
+    [("t5", "generate"), ("llama", "generate"), ("bert", "retrieve"), ("t5", "embed")],
+)
+def test_generate_retrieve_embed_inputs(family, call):
+    """generate / retrieve / embed check input_ids and attention_mask as forward does,
+    instead of failing deep inside transformers (or not at all: an out-of-vocabulary id)."""
+    from tiny_backbones import VOCAB
+
+    model = pha.get_model(tiny(family), make_config("pha", family)).eval()
+    ids, mask, _ = batch(family)
+    run = getattr(model, call)
+    extra = {"task_ids": TASK_IDS, "max_new_tokens": 2} if call == "generate" else {}
+    with pytest.raises(TypeError, match=r"input_ids must be an integer tensor \[B, T\]"):
+        run(ids.float(), mask, **extra)
+    with pytest.raises(ValueError, match=rf"input_ids values must lie in \[0, {VOCAB}\)"):
+        run(ids + VOCAB, mask, **extra)
+    with pytest.raises(ValueError, match=r"attention_mask must have the shape of input_ids"):
+        run(ids, mask[:, :-1], **extra)
+    assert run(ids, mask, **extra) is not None  # the same call with good inputs runs
