@@ -10,7 +10,8 @@ behind) with MALLOC_MMAP_THRESHOLD_=65536, so that every allocation of 64 KiB or
 (torch tensors and the kernels' own buffers alike) is its own mapping, returned to the OS
 on free. Per case: build the inputs, reset the peak (writing 5 to /proc/self/clear_refs
 sets VmHWM to the current RSS), read VmHWM, run forward+backward, read VmHWM again; extra
-= the difference, never negative since VmHWM only grows.
+= the difference. The kernel updates VmHWM lazily (at unmap time), so a case that
+allocates nothing reads a few KiB either side of 0.
 
     python benchmarks/bench_contrastive.py            # the full table (minutes)
     python benchmarks/bench_contrastive.py --quick    # a smoke run (seconds)

@@ -341,7 +341,9 @@ def test_benchmark_quick(tmp_path):
     results = json.loads(out.read_text())["results"]
     providers = {r["provider"] for r in results}
     assert "eager" in providers and len(results) == 2 * len(providers)  # 2 losses
-    assert all(r["median_ms"] > 0 and r["extra_peak_mib"] >= 0 for r in results)
+    # the kernel updates VmHWM lazily, so a case that allocates nothing reads a few KiB
+    # either side of 0 (CI saw -0.0 MiB); a broken measurement is off by far more
+    assert all(r["median_ms"] > 0 and r["extra_peak_mib"] > -0.5 for r in results)
 
 
 def test_portable_kernels_match_reference():
