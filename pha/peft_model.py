@@ -258,10 +258,12 @@ class PHAModel(Method, nn.Module):
             mask = torch.where(has_prompt, prompt, mask.bool())
         return mask
 
+    @property
+    def _vocab_size(self) -> int:
+        return self.base_model.get_input_embeddings().num_embeddings
+
     def _check_tokens(self, input_ids, attention_mask) -> None:
-        check_tokens(
-            input_ids, attention_mask, self.base_model.get_input_embeddings().num_embeddings
-        )
+        check_tokens(input_ids, attention_mask, self._vocab_size)
 
     def forward(
         self,
@@ -470,7 +472,7 @@ class PHAModel(Method, nn.Module):
             )
         if self.backbone_kind != "encoder" and num_labels is not None:
             raise ValueError("num_labels is only for encoder backbones")
-        check_examples(examples, self.base_model.get_input_embeddings().num_embeddings)
+        check_examples(examples, self._vocab_size)
         self.add_task_conditioning(examples, init)  # first: it may refuse
         if self.backbone_kind == "encoder":
             self.heads.append(nn.Linear(self.backbone.d_model, num_labels).to(self.device))
