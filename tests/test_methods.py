@@ -73,6 +73,21 @@ def test_pha_gradients_reach_retriever_prototypes_and_lower_adapters(family):
     assert all(p.grad is None for p in model.base_model.parameters())
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_pha_detach_retriever_keeps_the_contrastive_losses_off_the_lower_adapters(detach):
+    model = build("pha", "bert", detach_retriever=detach)
+    ids, mask, labels = batch("bert")
+    out = model(ids, mask, labels=labels, task_ids=TASK_IDS)
+    sum(out.aux_losses.values()).backward()
+
+    def moved(prefix):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
+        return any(g is not None and g.abs().sum() > 0 for g in grads)
+
+    assert moved("retriever.") and moved("prototypes.")
+    assert moved("lower_adapters.") != detach
+
+
 def test_pha_total_loss_is_task_loss_plus_weighted_contrastive_losses():
     model = build("pha", "bert", label_smoothing=0.1)
     ids, mask, labels = batch("bert")

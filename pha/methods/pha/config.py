@@ -23,6 +23,9 @@ class PHAConfig(MethodConfig):
     ins_weight, pro_weight: weights of L_ins and L_pro in the total loss (0.1, 0.1).
     exclude_positive: L_pro leaves the positive prototype out of the denominator (the
         release); False gives standard InfoNCE.
+    detach_retriever: the retriever reads the split's hidden state detached, so the
+        contrastive losses train the retriever and the prototypes but not the lower
+        adapters (False: they train all three, as the release; see docs/TRAINING.md).
     """
 
     method: ClassVar[str] = "pha"
@@ -37,3 +40,4 @@ class PHAConfig(MethodConfig):
     ins_weight: float = 0.1
     pro_weight: float = 0.1
     exclude_positive: bool = True
+    detach_retriever: bool = False

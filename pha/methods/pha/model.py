@@ -35,7 +35,10 @@ class PrototypeHyperAdapterModel(PHAModel):
 
     def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:
         mask = expand_rows(ctx.pool_mask, hidden.shape[0])
-        ctx.z = self.retriever(hidden, mask)
+        # detach_retriever: z (and the contrastive losses on it) cannot move the lower
+        # adapters; the task loss still reaches them through the upper half.
+        source = hidden.detach() if self.method_config.detach_retriever else hidden
+        ctx.z = self.retriever(source, mask)
         if ctx.stop_at_split:
             return
         if ctx.task_ids is None:  # inference without a task: the nearest prototype
