@@ -8,8 +8,10 @@
 //   backward phase 1:    per tile dH = G Wu^T, dP = dH * act'(H), grad_x = dP Wd^T,
 //                        keeping A and dP (r-wide, sorted by segment) for phase 2
 //   backward phase 2:    per (set, slice of d): grad_w_up = A^T G, grad_w_down = X^T dP and
-//                        the bias sums. Each task owns its slice of one set's gradients,
-//                        so the reduction over instances needs no atomics and no partials.
+//                        the bias sums, over all the set's token rows at once (1024-row
+//                        chunks). Each task owns its slice of one set's gradients, so the
+//                        reduction over instances needs no atomics and no partials. With
+//                        enough sets to go round, a thread runs both phases of a whole set.
 // Arithmetic is fp64 for fp64 and fp32 otherwise. bf16 operands are widened to fp32 in
 // scratch, or, on the avx512_bf16 path, stay bf16 for dot-product kernels that accumulate in
 // fp32 (act(H) and dP then round to bf16 before their products, as eager bf16 does); on the
@@ -37,7 +39,7 @@ namespace pha_cpu {
 namespace {
 
 constexpr int64_t kTileRows = 64;     // token rows per tile (forward, backward phase 1)
-constexpr int64_t kSliceCols = 64;    // columns of d per weight-gradient task
+constexpr int64_t kSliceCols = 64;    // columns of d per weight-gradient task (fp32 operands)
 constexpr int64_t kChunkRows = 1024;  // token rows per weight-gradient pass
 
 // ------------------------------------------------------------------ activations
@@ -123,7 +125,7 @@ void activate_and_grad_row(const float* h, const T* dh, op_t* a, op_t* dp, int64
 // ------------------------------------------------------------------ scratch
 // Grow-only thread-local buffers: no allocation per call once warm.
 enum Slot {
-  kX, kA, kWd, kWu, kBd, kBu, kCUp, kCDown, kGx, kXt, kGradUp, kGradDownT, kActBuf, kDpreBuf,
+  kX, kA, kWd, kWu, kBd, kBu, kCUp, kCDown, kGx, kActBuf, kDpreBuf,
   kNumSlots
 };
 
@@ -306,6 +308,26 @@ const op_t* to_operand(const GemmOps<op_t, acc_t>& ops, const acc_t* src, op_t* 
   }
 }
 
+// C rows dst[i][0:N] = A B (+ bias), i < M <= kTileRows: written in place when scalar_t is
+// acc_t, else rounded to bf16 as they are written (ops.rows_narrow) or through the fp32
+// rows `tmp` (M x N).
+template <typename scalar_t, typename op_t, typename acc_t>
+void rows_out(const GemmOps<op_t, acc_t>& ops, int64_t M, int64_t N, int64_t K,
+              const op_t* const* a, const op_t* b, scalar_t* const* dst, const acc_t* bias,
+              acc_t* tmp) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    ops.rows(M, N, K, a, b, N, dst, bias);
+  } else if (ops.rows_narrow) {
+    static_assert(std::is_same_v<scalar_t, c10::BFloat16>, "narrowed rows are bfloat16");
+    ops.rows_narrow(M, N, K, a, b, N, reinterpret_cast<uint16_t* const*>(dst), bias);
+  } else {
+    std::array<acc_t*, kTileRows> rows;
+    for (int64_t i = 0; i < M; ++i) rows[i] = tmp + i * N;
+    ops.rows(M, N, K, a, b, N, rows.data(), bias);
+    for (int64_t i = 0; i < M; ++i) from_acc(ops, tmp + i * N, dst[i], N);
+  }
+}
+
 template <typename T>
 inline float as_float(T v) {
   return static_cast<float>(v);
@@ -316,7 +338,6 @@ template <typename scalar_t, typename acc_t, typename op_t>
 void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const scalar_t* bd,
                   const scalar_t* wu, const scalar_t* bu, scalar_t* out, float* hidden, Act act,
                   const GemmOps<op_t, acc_t>& ops) {
-  constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;
   const int64_t d = p.d, r = p.r;
   const std::vector<Tile> tiles = make_tiles(p);
   parallel_dynamic(int64_t(tiles.size()), [&] {
@@ -324,6 +345,7 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
             Wu = (const op_t*)nullptr, Bu = (const acc_t*)nullptr](int64_t t) mutable {
       std::array<const op_t*, kTileRows> in_rows;
       std::array<acc_t*, kTileRows> out_rows;
+      std::array<scalar_t*, kTileRows> dst_rows;
       std::array<int64_t, kTileRows> orig;
       const Tile& tile = tiles[t];
       const int64_t g = p.set[tile.seg], m = tile.rows;
@@ -335,7 +357,7 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
         loaded = g;
       }
       op_t* xt = scratch<op_t>(kX, kTileRows * d);      // widened x rows
-      acc_t* ot = scratch<acc_t>(kGx, kTileRows * d);   // out rows before narrowing
+      acc_t* ot = scratch<acc_t>(kGx, kTileRows * d);   // out rows before narrowing, if so
       acc_t* at = scratch<acc_t>(kA, kTileRows * r);    // H, then act(H)
       op_t* ao = scratch<op_t>(kCDown, kTileRows * r);  // act(H) as operand
       for (int64_t i = 0; i < m; ++i) {
@@ -349,14 +371,9 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
         if (hidden) convert(h, hidden + orig[i] * r, r);
         activate_row(h, r, act);
         in_rows[i] = to_operand(ops, h, ao + i * r, r);
-        if constexpr (kSame)
-          out_rows[i] = out + orig[i] * d;
-        else
-          out_rows[i] = ot + i * d;
+        dst_rows[i] = out + orig[i] * d;
       }
-      ops.rows(m, d, r, in_rows.data(), Wu, d, out_rows.data(), Bu);
-      if constexpr (!kSame)
-        for (int64_t i = 0; i < m; ++i) from_acc(ops, ot + i * d, out + orig[i] * d, d);
+      rows_out(ops, m, d, r, in_rows.data(), Wu, dst_rows.data(), Bu, ot);
     };
   });
 }
@@ -364,8 +381,9 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
 // ------------------------------------------------------------------ backward
 template <typename scalar_t, typename acc_t, typename op_t>
 struct Backward {
-  static constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;     // outputs in place
   static constexpr bool kDirect = std::is_same_v<scalar_t, op_t>;    // inputs as operands
+  static constexpr bool kSame = std::is_same_v<scalar_t, acc_t>;     // outputs in place
+  static constexpr bool kPacked = !std::is_same_v<op_t, acc_t>;      // operands packed per call
   const Plan& p;
   const scalar_t *gout, *x, *wd, *wu;
   const float* hidden;
@@ -377,7 +395,7 @@ struct Backward {
 
   // Phase 1 for one token tile: dH = G Wu^T, dP = dH * act'(H), grad_x = dP Wd^T.
   // `loaded` is the set whose transposed weights this thread holds in scratch.
-  void tile(const Tile& tile, int64_t& loaded, std::array<int64_t, kTileRows>& orig) const {
+  void tile(const Tile& tile, int64_t& loaded) const {
     const int64_t d = p.d, r = p.r, g = p.set[tile.seg], m = tile.rows;
     if (g != loaded) {
       transposed_panel(ops, wu + g * r * d, d, r, kWu);
@@ -389,8 +407,10 @@ struct Backward {
     const op_t* WdP = panel_in(ops, r, d, kWd);
     std::array<const op_t*, kTileRows> in_rows;
     std::array<acc_t*, kTileRows> out_rows;
+    std::array<scalar_t*, kTileRows> gx_rows;
+    std::array<int64_t, kTileRows> orig;
     op_t* gt = scratch<op_t>(kX, kTileRows * d);      // widened grad_out
-    acc_t* gxt = scratch<acc_t>(kGx, kTileRows * d);  // grad_x before narrowing
+    acc_t* gxt = scratch<acc_t>(kGx, kTileRows * d);  // grad_x before narrowing, if so
     acc_t* dh = scratch<acc_t>(kA, kTileRows * r);
     for (int64_t i = 0; i < m; ++i) {
       orig[i] = p.original_row(tile.seg, tile.q0 + i);
@@ -405,88 +425,21 @@ struct Backward {
       op_t* dp = dpre_buf + (p0 + i) * r;
       activate_and_grad_row(h, dh + i * r, a, dp, r, act);
       in_rows[i] = dp;
-      if constexpr (kSame)
-        out_rows[i] = gx + orig[i] * d;
-      else
-        out_rows[i] = gxt + i * d;
+      gx_rows[i] = gx + orig[i] * d;
     }
-    ops.rows(m, d, r, in_rows.data(), WdP, d, out_rows.data(), nullptr);
-    if constexpr (!kSame)
-      for (int64_t i = 0; i < m; ++i) from_acc(ops, gxt + i * d, gx + orig[i] * d, d);
+    rows_out(ops, m, d, r, in_rows.data(), WdP, gx_rows.data(), (const acc_t*)nullptr, gxt);
   }
 
-  // Owner mode, right after tile(): adds this tile's share to its set's weight gradients
-  // while its G and X rows are still in cache (the first tile of a segment overwrites).
-  // grad_w_down is accumulated transposed, [r, d], as in weight_slice.
-  void weight_tile(const Tile& tile, const std::array<int64_t, kTileRows>& orig) const {
-    const int64_t d = p.d, r = p.r, g = p.set[tile.seg], m = tile.rows;
-    const bool first = tile.q0 == 0;
-    std::array<const op_t*, kTileRows> a_rows, g_rows, x_rows, p_rows;
-    const op_t* gt = scratch<op_t>(kX, kTileRows * d);  // tile() widened G there
-    op_t* xt = scratch<op_t>(kXt, kTileRows * d);
-    acc_t* bup = scratch<acc_t>(kBu, d);
-    acc_t* bdown = scratch<acc_t>(kBd, r);
-    if (first) {
-      std::fill(bup, bup + d, acc_t(0));
-      std::fill(bdown, bdown + r, acc_t(0));
-    }
-    const int64_t p0 = p.sorted_row(tile.seg, tile.q0);
-    for (int64_t i = 0; i < m; ++i) {
-      if constexpr (kDirect)
-        g_rows[i] = gout + orig[i] * d;
-      else
-        g_rows[i] = gt + i * d;
-      x_rows[i] = as_operand(ops, x + orig[i] * d, xt + i * d, d);
-      a_rows[i] = act_buf + (p0 + i) * r;
-      p_rows[i] = dpre_buf + (p0 + i) * r;
-      for (int64_t j = 0; j < d; ++j) bup[j] += as_float(g_rows[i][j]);
-      for (int64_t j = 0; j < r; ++j) bdown[j] += as_float(p_rows[i][j]);
-    }
-    acc_t* c_up;
-    if constexpr (kSame)
-      c_up = gwu + g * r * d;
-    else
-      c_up = scratch<acc_t>(kGradUp, r * d);
-    acc_t* c_down_t = scratch<acc_t>(kGradDownT, r * d);
-    ops.cols(r, d, m, a_rows.data(), 0, g_rows.data(), 0, c_up, d, !first);
-    ops.cols(r, d, m, p_rows.data(), 0, x_rows.data(), 0, c_down_t, d, !first);
-  }
-
-  // Owner mode, after the last tile of segment s: gradients into place.
-  void finish_segment(int64_t s) const {
-    const int64_t d = p.d, r = p.r, g = p.set[s];
-    const acc_t* bup = scratch<acc_t>(kBu, d);
-    const acc_t* bdown = scratch<acc_t>(kBd, r);
-    if (p.rows(s) == 0) {  // T == 0: no tile ran
-      for (scalar_t* t : {gwu + g * r * d, gwd + g * d * r}) std::fill(t, t + r * d, scalar_t(0));
-      std::fill(gbu + g * d, gbu + g * d + d, scalar_t(0));
-      std::fill(gbd + g * r, gbd + g * r + r, scalar_t(0));
-      return;
-    }
-    for (int64_t j = 0; j < d; ++j) gbu[g * d + j] = static_cast<scalar_t>(bup[j]);
-    for (int64_t j = 0; j < r; ++j) gbd[g * r + j] = static_cast<scalar_t>(bdown[j]);
-    const acc_t* c_down_t = scratch<acc_t>(kGradDownT, r * d);
-    if constexpr (kSame) {
-      ops.transpose(r, d, c_down_t, d, gwd + g * d * r, r);
-    } else {
-      from_acc(ops, scratch<acc_t>(kGradUp, r * d), gwu + g * r * d, r * d);
-      acc_t* c_down = scratch<acc_t>(kXt, d * r);
-      ops.transpose(r, d, c_down_t, d, c_down, r);
-      from_acc(ops, c_down, gwd + g * d * r, d * r);
-    }
-  }
-
-  // Phase 2 for columns [j0, j0 + js) of d of segment s's set: grad_w_up = A^T G,
-  // grad_w_down = X^T dP, grad_b_up (and, for j0 = 0, grad_b_down). The caller owns
-  // this slice of the set's gradients: no other task writes it.
-  void weight_slice(int64_t s, int64_t j0) const {
+  // Phase 2 for columns [j0, j0 + js) of d of segment s's set, over all its token rows:
+  // grad_w_up = A^T G, grad_w_down = X^T dP, grad_b_up (and, for j0 = 0, grad_b_down).
+  // The caller owns this slice of the set's gradients: no other task writes it.
+  void weight_slice(int64_t s, int64_t j0, int64_t js) const {
     const int64_t d = p.d, r = p.r, g = p.set[s], n = p.rows(s);
-    const int64_t js = std::min(kSliceCols, d - j0);
     auto& a_rows = pointer_table<const op_t*>(0, kChunkRows);  // act(H) rows
     auto& g_rows = pointer_table<const op_t*>(1, kChunkRows);  // grad_out rows
     auto& x_rows = pointer_table<const op_t*>(2, kChunkRows);  // x rows
     auto& p_rows = pointer_table<const op_t*>(3, kChunkRows);  // dP rows
-    acc_t* bup = scratch<acc_t>(kBu, kSliceCols);
+    acc_t* bup = scratch<acc_t>(kBu, js);
     acc_t* bdown = scratch<acc_t>(kBd, r);
     std::fill(bup, bup + js, acc_t(0));
     std::fill(bdown, bdown + r, acc_t(0));
@@ -499,22 +452,22 @@ struct Backward {
       c_up = gwu + g * r * d + j0;
       ld_up = d;
     } else {
-      c_up = scratch<acc_t>(kCUp, r * kSliceCols);
-      ld_up = kSliceCols;
+      c_up = scratch<acc_t>(kCUp, r * js);
+      ld_up = js;
     }
-    acc_t* c_down_t = scratch<acc_t>(kCDown, r * kSliceCols);
+    acc_t* c_down_t = scratch<acc_t>(kCDown, r * js);
     for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kChunkRows) {
       const int64_t kc = std::min(kChunkRows, n - k0);
       int64_t col0 = j0;  // where slice column 0 sits in a g/x row
       if constexpr (!kDirect) {
-        op_t* gc = scratch<op_t>(kX, 2 * kChunkRows * kSliceCols);
-        op_t* xc = gc + kChunkRows * kSliceCols;
+        op_t* gc = scratch<op_t>(kX, 2 * kChunkRows * js);
+        op_t* xc = gc + kChunkRows * js;
         for (int64_t k = 0; k < kc; ++k) {
           const int64_t row = p.original_row(s, k0 + k);
-          to_acc(ops, gout + row * d + j0, gc + k * kSliceCols, js);
-          to_acc(ops, x + row * d + j0, xc + k * kSliceCols, js);
-          g_rows[k] = gc + k * kSliceCols;
-          x_rows[k] = xc + k * kSliceCols;
+          to_acc(ops, gout + row * d + j0, gc + k * js, js);
+          to_acc(ops, x + row * d + j0, xc + k * js, js);
+          g_rows[k] = gc + k * js;
+          x_rows[k] = xc + k * js;
         }
         col0 = 0;
       } else {
@@ -534,43 +487,57 @@ struct Backward {
       }
       const bool acc = k0 > 0;
       ops.cols(r, js, kc, a_rows.data(), 0, g_rows.data(), col0, c_up, ld_up, acc);
-      ops.cols(r, js, kc, p_rows.data(), 0, x_rows.data(), col0, c_down_t, kSliceCols, acc);
+      ops.cols(r, js, kc, p_rows.data(), 0, x_rows.data(), col0, c_down_t, js, acc);
     }
     for (int64_t j = 0; j < js; ++j) gbu[g * d + j0 + j] = static_cast<scalar_t>(bup[j]);
     if (j0 == 0)
       for (int64_t j = 0; j < r; ++j) gbd[g * r + j] = static_cast<scalar_t>(bdown[j]);
     if constexpr (kSame) {
-      ops.transpose(r, js, c_down_t, kSliceCols, gwd + g * d * r + j0 * r, r);
+      ops.transpose(r, js, c_down_t, js, gwd + g * d * r + j0 * r, r);
     } else {
       for (int64_t i = 0; i < r; ++i)
-        from_acc(ops, c_up + i * kSliceCols, gwu + g * r * d + i * d + j0, js);
-      acc_t* c_down = scratch<acc_t>(kCUp, kSliceCols * r);  // c_up is converted already
-      ops.transpose(r, js, c_down_t, kSliceCols, c_down, r);
+        from_acc(ops, c_up + i * js, gwu + g * r * d + i * d + j0, js);
+      acc_t* c_down = scratch<acc_t>(kCUp, js * r);  // c_up is converted already
+      ops.transpose(r, js, c_down_t, js, c_down, r);
       from_acc(ops, c_down, gwd + g * d * r + j0 * r, js * r);
     }
   }
 
-  int64_t slices() const { return std::max<int64_t>(1, (p.d + kSliceCols - 1) / kSliceCols); }
+  // Columns of d per weight_slice task. Packed operands (bf16) repack the r-wide operand
+  // (act(H) or dP, transposed) in every call, so they take wide slices: as few as give
+  // `tasks_per_set` tasks per set. fp32 operands are read in place: 64-column slices.
+  int64_t slice_cols(int64_t tasks_per_set) const {
+    if constexpr (kPacked) {
+      const int64_t n = std::max<int64_t>(1, tasks_per_set), per_task = (p.d + n - 1) / n;
+      return std::max<int64_t>(1, std::min(p.d, (per_task + 31) / 32 * 32));
+    } else {
+      return kSliceCols;
+    }
+  }
+
+  void weight_slices(int64_t s, int64_t width) const {  // all of set s's columns (d = 0 too)
+    for (int64_t j0 = 0; j0 < p.d || j0 == 0; j0 += width)
+      weight_slice(s, j0, std::min(width, p.d - j0));
+  }
 
   void run() const {
     const int64_t threads = at::get_num_threads(), nseg = p.num_segments();
     if (nseg >= 2 * threads) {
       // Enough sets to go round: each thread owns whole segments (largest first, handed
-      // out dynamically) and adds each tile's weight gradients while G and X are in cache.
+      // out dynamically), its token tiles, then its weight gradients.
       std::vector<int64_t> by_size(nseg);
       for (int64_t s = 0; s < nseg; ++s) by_size[s] = s;
       std::stable_sort(by_size.begin(), by_size.end(),
                        [&](int64_t a, int64_t b) { return p.rows(a) > p.rows(b); });
+      // Operands used in place take the whole width in one slice; widened ones (bf16 on
+      // fp32 kernels) go 64 columns at a time through scratch.
+      const int64_t width = kDirect ? std::max<int64_t>(1, p.d) : kSliceCols;
       parallel_dynamic(nseg, [&] {
         return [&, loaded = int64_t(-1)](int64_t i) mutable {
-          std::array<int64_t, kTileRows> orig;
           const int64_t s = by_size[i];
-          for (int64_t q0 = 0; q0 < p.rows(s); q0 += kTileRows) {
-            const Tile t{s, q0, std::min(kTileRows, p.rows(s) - q0)};
-            tile(t, loaded, orig);
-            weight_tile(t, orig);
-          }
-          finish_segment(s);
+          for (int64_t q0 = 0; q0 < p.rows(s); q0 += kTileRows)
+            tile({s, q0, std::min(kTileRows, p.rows(s) - q0)}, loaded);
+          weight_slices(s, width);
         };
       });
       return;
@@ -578,13 +545,15 @@ struct Backward {
     // Few (possibly large) segments: token tiles first, then (set, column slice) tasks.
     const std::vector<Tile> tiles = make_tiles(p);
     parallel_dynamic(int64_t(tiles.size()), [&] {
-      return [&, loaded = int64_t(-1)](int64_t t) mutable {
-        std::array<int64_t, kTileRows> orig;
-        tile(tiles[t], loaded, orig);
-      };
+      return [&, loaded = int64_t(-1)](int64_t t) mutable { tile(tiles[t], loaded); };
     });
-    parallel_dynamic(nseg * slices(), [&] {
-      return [&](int64_t t) { weight_slice(t / slices(), (t % slices()) * kSliceCols); };
+    const int64_t width = slice_cols((2 * threads + nseg - 1) / nseg);
+    const int64_t slices = std::max<int64_t>(1, (p.d + width - 1) / width);
+    parallel_dynamic(nseg * slices, [&] {
+      return [&](int64_t t) {
+        const int64_t j0 = (t % slices) * width;
+        weight_slice(t / slices, j0, std::min(width, p.d - j0));
+      };
     });
   }
 };

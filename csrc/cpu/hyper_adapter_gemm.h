@@ -43,6 +43,10 @@ struct GemmOps {
   void (*pack_panel)(int64_t K, int64_t N, const op_t* src, int64_t ld, op_t* dst) = nullptr;
   // The same for src^T, src N x K (row stride K): the panel packed without a transpose pass.
   void (*pack_panel_t)(int64_t K, int64_t N, const op_t* src, op_t* dst) = nullptr;
+  // rows() with C rounded to bfloat16 (raw bits) as each block is written: no fp32 copy of
+  // C goes through memory. Null where callers use rows() into scratch, then narrow_bf16.
+  void (*rows_narrow)(int64_t M, int64_t N, int64_t K, const op_t* const* a, const op_t* b,
+                      int64_t ldb, uint16_t* const* c, const acc_t* bias) = nullptr;
 };
 
 // ---------------------------------------------------------------- portable versions
@@ -306,18 +310,21 @@ PHA_AVX512 inline void widen_bf16_avx512(const uint16_t* src, float* dst, int64_
   }
 }
 
-// Round to nearest even in integer arithmetic (no AVX512_BF16 needed); NaN -> quiet NaN.
+// 16 floats to bfloat16 bits, rounded to nearest even in integer arithmetic (no
+// AVX512_BF16 needed; denormals kept); NaN -> quiet NaN.
+PHA_AVX512 inline __m256i narrow16_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounding = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd);
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, rounding), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
 PHA_AVX512 inline void narrow_bf16_avx512(const float* src, uint16_t* dst, int64_t n) {
-  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
-  const __m512i qnan = _mm512_set1_epi32(0x7FC0);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
-    const __m512 v = _mm512_maskz_loadu_ps(m, src + i);
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(bias, odd)), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), qnan);
-    _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(r));
+    _mm256_mask_storeu_epi16(dst + i, m, narrow16_bf16(_mm512_maskz_loadu_ps(m, src + i)));
   }
 }
 

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "hyper_adapter_gemm.h"
@@ -102,23 +103,30 @@ PHA_AMX inline void amx_begin() {
   _tile_loadconfig(&kFullTiles);
 }
 
-// dst[i * ld + j] (+)= stage[i * 32 + j] (+ bias[j]), i < m, j < n <= 32.
-PHA_AMX inline void write_back(const float* stage, int64_t m, int64_t n, float* const* rows,
+// rows[i][coff + j] (+)= stage[i * 32 + j] (+ bias[j]), i < m, j < n <= 32; out_t float,
+// or uint16_t for bfloat16 bits (rounded here; no accumulate).
+template <typename out_t>
+PHA_AMX inline void write_back(const float* stage, int64_t m, int64_t n, out_t* const* rows,
                                int64_t coff, const float* bias, bool accumulate) {
   const __mmask16 m0 = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
   const __mmask16 m1 = n <= 16 ? __mmask16(0) : __mmask16((1u << (n - 16)) - 1);
   const __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
   const __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
   for (int64_t i = 0; i < m; ++i) {
-    float* out = rows[i] + coff;
+    out_t* out = rows[i] + coff;
     __m512 v0 = _mm512_add_ps(_mm512_load_ps(stage + 32 * i), b0);
     __m512 v1 = _mm512_add_ps(_mm512_load_ps(stage + 32 * i + 16), b1);
-    if (accumulate) {
-      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, out));
-      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, out + 16));
+    if constexpr (std::is_same_v<out_t, float>) {
+      if (accumulate) {
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, out));
+        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, out + 16));
+      }
+      _mm512_mask_storeu_ps(out, m0, v0);
+      _mm512_mask_storeu_ps(out + 16, m1, v1);
+    } else {
+      _mm256_mask_storeu_epi16(out, m0, narrow16_bf16(v0));
+      _mm256_mask_storeu_epi16(out + 16, m1, narrow16_bf16(v1));
     }
-    _mm512_mask_storeu_ps(out, m0, v0);
-    _mm512_mask_storeu_ps(out + 16, m1, v1);
   }
 }
 
@@ -156,9 +164,11 @@ PHA_AMX void amx_gemm(int64_t m, int64_t n, int64_t kp, const bf16* ap, int64_t 
   _tile_release();
 }
 
-// rows() of GemmOps: b is the K x N panel packed by pack_panel_amx.
-PHA_AMX inline void rows_amx(int64_t M, int64_t N, int64_t K, const bf16* const* a, const bf16* b,
-                             int64_t /*ldb = N*/, float* const* c, const float* bias) {
+// rows() of GemmOps into fp32 or bf16 (uint16_t) rows of C: b is the K x N panel packed by
+// pack_panel_amx.
+template <typename out_t>
+PHA_AMX void rows_amx_into(int64_t M, int64_t N, int64_t K, const bf16* const* a, const bf16* b,
+                           out_t* const* c, const float* bias) {
   if (M == 0 || N == 0) return;
   const int64_t kp = round_up(K, 32), np = round_up(N, 16), mp = round_up(M, 16);
   // A in place when its rows are evenly spaced and need no padding, else packed.
@@ -178,14 +188,30 @@ PHA_AMX inline void rows_amx(int64_t M, int64_t N, int64_t K, const bf16* const*
   const int64_t ldc = common_stride(c, M);
   auto direct = [&](int64_t m0, int64_t n0, int mt, int nt, const bf16* at, int64_t la,
                     const bf16* bt, int64_t lb, int64_t k) {
-    if (ldc < N) return false;  // rows of C not evenly spaced (or overlapping)
-    amx_block(mt, nt, at, la, bt, lb, k, bias ? bias + n0 : nullptr, 0, c[m0] + n0, ldc);
-    return true;
+    // Tiles store fp32 only, and only to evenly spaced rows of C.
+    if constexpr (std::is_same_v<out_t, float>) {
+      if (ldc < N) return false;
+      amx_block(mt, nt, at, la, bt, lb, k, bias ? bias + n0 : nullptr, 0, c[m0] + n0, ldc);
+      return true;
+    } else {
+      return false;
+    }
   };
   auto edge = [&](int64_t m0, int64_t n0, int64_t m, int64_t n, const float* stage) {
     write_back(stage, m, n, c + m0, n0, bias ? bias + n0 : nullptr, false);
   };
   amx_gemm(M, N, kp, ap, lda, b, 2 * np, direct, edge);
+}
+
+PHA_AMX inline void rows_amx(int64_t M, int64_t N, int64_t K, const bf16* const* a, const bf16* b,
+                             int64_t /*ldb = N*/, float* const* c, const float* bias) {
+  rows_amx_into(M, N, K, a, b, c, bias);
+}
+
+PHA_AMX inline void rows_amx_narrow(int64_t M, int64_t N, int64_t K, const bf16* const* a,
+                                    const bf16* b, int64_t /*ldb = N*/, uint16_t* const* c,
+                                    const float* bias) {
+  rows_amx_into(M, N, K, a, b, c, bias);
 }
 
 // cols() of GemmOps on bf16 token rows: C = A^T B with both operands packed, B by pairs of
@@ -233,7 +259,8 @@ PHA_AVX512_BF16 inline void pack_panel_amx_transposed(int64_t K, int64_t N, cons
 
 inline GemmOps<bf16, float> amx_bf16_ops() {
   return {&rows_amx,           &cols_amx,        &transpose_avx512, &widen_bf16_avx512,
-          &narrow_bf16_avx512, &amx_panel_elems, &pack_panel_amx,   &pack_panel_amx_transposed};
+          &narrow_bf16_avx512, &amx_panel_elems, &pack_panel_amx,   &pack_panel_amx_transposed,
+          &rows_amx_narrow};
 }
 
 }  // namespace pha_cpu
