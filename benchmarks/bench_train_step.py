@@ -39,7 +39,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from timing import Timing, gemm_peaks, machine_info  # noqa: E402
+from timing import CLOCKS, Timing, gemm_peaks, machine_info  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
 METHODS = ("adapter", "pha", "release")
@@ -148,14 +148,16 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
 
-    def step(self) -> float:
-        start = time.perf_counter()
+    def step(self, clock: str = "wall") -> float:
+        """Seconds of one step on `clock` (timing.CLOCKS: wall, or this thread's CPU time)."""
+        now = CLOCKS[clock]
+        start = now()
         with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
             out = self.forward(**self.inputs)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.opt.step()
-        return time.perf_counter() - start
+        return now() - start
 
     def step_gflop(self) -> float:
         """Forward + backward FLOPs of one step, as torch's flop counter sees them (on the
@@ -202,7 +204,7 @@ def measure_time(spec: dict) -> dict[str, dict]:
     cpu_start = time.process_time()
     for i in range(spec["repeats"]):
         for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
-            times[key].append(trainers[key].step())
+            times[key].append(trainers[key].step(spec.get("timer", "wall")))
     cpu_per_step = (time.process_time() - cpu_start) / (spec["repeats"] * len(keys))
     peaks = gemm_peaks(torch.device("cpu"), spec["quick"])
     out = {}
@@ -278,6 +280,12 @@ def main(argv=None) -> list[dict]:
         help="torch threads per measurement (default: torch's; 1 is far steadier on a busy machine)",
     )
     ap.add_argument(
+        "--timer",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="thread: CPU time of the stepping thread (steady on a shared machine), with --threads 1",
+    )
+    ap.add_argument(
         "--in-process",
         action="store_true",
         help="measure in this process (fast; peak memory then only counts growth beyond "
@@ -285,6 +293,8 @@ def main(argv=None) -> list[dict]:
     )
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.timer == "thread" and args.threads != 1:
+        ap.error("--timer thread measures the stepping thread only: needs --threads 1")
     if args.child:
         print("RESULT " + json.dumps(MEASURES[args.child[0]](json.loads(args.child[1]))))
         return []
@@ -306,7 +316,8 @@ def main(argv=None) -> list[dict]:
     for backbone in backbones:
         for batch in batches:
             spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
-                        repeats=repeats, threads=args.threads, quick=args.quick)  # fmt: skip
+                        repeats=repeats, threads=args.threads, quick=args.quick,
+                        timer=args.timer)  # fmt: skip
             timed = measure("time", {**spec, "variants": variants})
             for variant in variants:
                 for method in METHODS:
@@ -320,7 +331,7 @@ def main(argv=None) -> list[dict]:
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "machine": machine_info(),
+        "machine": {**machine_info(), "timer": args.timer},
         "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), args.quick),
         "results": results,
         "ratios": ratios(results),

@@ -6,15 +6,21 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 from method_utils import one_thread  # noqa: F401, E402  (autouse fixture)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.py"
 
 
-def test_bench_train_step_quick(tmp_path, capsys):
+def load_bench():
     spec = importlib.util.spec_from_file_location("bench_train_step", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_train_step_quick(tmp_path, capsys):
+    bench = load_bench()
     out = tmp_path / "bench.json"
     bench.main(
         [
@@ -46,3 +52,18 @@ def test_bench_train_step_quick(tmp_path, capsys):
     assert ratios[("bf16", "adapter")]["speedup_vs_fp32"] > 0
     assert "median_ms_vs_adapter" in ratios[("fp32", "pha")]
     assert "| tiny-t5 | 4 | pha | bf16 |" in capsys.readouterr().out
+
+
+def test_bench_train_step_thread_timer(tmp_path):
+    """--timer thread (CPU time of the stepping thread) is recorded; it needs --threads 1."""
+    bench = load_bench()
+    out = tmp_path / "bench.json"
+    common = ["--quick", "--backbones", "tiny-bert", "--repeats", "1", "--in-process"]
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--timer", "thread", "--out", str(out)])
+    assert not out.exists()
+    bench.main([*common, "--timer", "thread", "--threads", "1", "--variants", "fp32",
+                "--out", str(out)])  # fmt: skip
+    payload = json.loads(out.read_text())
+    assert payload["machine"]["timer"] == "thread"
+    assert all(r["timer"] == "thread" and r["median_ms"] > 0 for r in payload["results"])
