@@ -73,19 +73,55 @@ def test_pha_gradients_reach_retriever_prototypes_and_lower_adapters(family):
     assert all(p.grad is None for p in model.base_model.parameters())
 
 
-@pytest.mark.parametrize("detach", [False, True])
-def test_pha_detach_retriever_keeps_the_contrastive_losses_off_the_lower_adapters(detach):
-    model = build("pha", "bert", detach_retriever=detach)
+@pytest.mark.parametrize(
+    "trains, moved_groups",
+    [
+        ("all", {"retriever.", "prototypes.", "lower_adapters."}),
+        ("retriever_prototypes", {"retriever.", "prototypes."}),
+        ("retriever", {"retriever."}),
+    ],
+)
+def test_pha_contrastive_trains_chooses_what_the_contrastive_losses_move(trains, moved_groups):
+    model = build("pha", "bert", contrastive_trains=trains)
     ids, mask, labels = batch("bert")
     out = model(ids, mask, labels=labels, task_ids=TASK_IDS)
     sum(out.aux_losses.values()).backward()
+    moved = {
+        prefix
+        for prefix in ("retriever.", "prototypes.", "lower_adapters.", "hypernet.", "heads.")
+        for n, p in model.named_parameters()
+        if n.startswith(prefix) and p.grad is not None and p.grad.abs().sum() > 0
+    }
+    assert moved == moved_groups
 
-    def moved(prefix):
-        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
-        return any(g is not None and g.abs().sum() > 0 for g in grads)
 
-    assert moved("retriever.") and moved("prototypes.")
-    assert moved("lower_adapters.") != detach
+def test_pha_contrastive_trains_retriever_leaves_the_task_path_as_without_the_losses():
+    """With contrastive_trains="retriever" every parameter but the retriever's trains
+    exactly as with both contrastive weights 0, while the retriever still learns."""
+
+    def train(**overrides):
+        torch.manual_seed(0)
+        model = build("pha", "bert", **overrides)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        ids, mask, labels = batch("bert")
+        for _ in range(3):
+            opt.zero_grad()
+            model(ids, mask, labels=labels, task_ids=TASK_IDS).loss.backward()
+            opt.step()
+        return dict(model.named_parameters())
+
+    side = train(contrastive_trains="retriever")
+    off = train(ins_weight=0.0, pro_weight=0.0)
+    for name, p in side.items():
+        if name.startswith("retriever."):
+            assert not torch.equal(p, off[name]), name
+        else:
+            torch.testing.assert_close(p, off[name], rtol=0, atol=0, msg=name)
+
+
+def test_pha_contrastive_trains_rejects_an_unknown_value():
+    with pytest.raises(ValueError, match="contrastive_trains"):
+        make_config("pha", "bert", contrastive_trains="features")
 
 
 def test_pha_total_loss_is_task_loss_plus_weighted_contrastive_losses():

@@ -249,6 +249,9 @@ def test_learning_rate_defaults_per_method():
     assert train.resolve_config([]).hypernet_lr_scale == 0.1
     assert train.resolve_config(["--method", "adapter"]).hypernet_lr_scale == 1.0
     assert train.resolve_config(["--method", "hyperformer"]).method_args == {"norm_init": "zero"}
+    assert train.resolve_config([]).method_args == {"contrastive_trains": "retriever"}
+    release = ["--method-args", '{"contrastive_trains": "all"}']
+    assert train.resolve_config(release).method_args == {"contrastive_trains": "all"}
     adapter = train.resolve_config(["--method", "adapter"])
     assert (adapter.head_lr_scale, adapter.probe_ratio) == (10.0, 0.0)
     probe = train.resolve_config(["--method", "linear_probe"])

@@ -23,9 +23,14 @@ class PHAConfig(MethodConfig):
     ins_weight, pro_weight: weights of L_ins and L_pro in the total loss (0.1, 0.1).
     exclude_positive: L_pro leaves the positive prototype out of the denominator (the
         release); False gives standard InfoNCE.
-    detach_retriever: the retriever reads the split's hidden state detached, so the
-        contrastive losses train the retriever and the prototypes but not the lower
-        adapters (False: they train all three, as the release; see docs/TRAINING.md).
+    contrastive_trains: what L_ins and L_pro move. "all" (the release): the lower
+        adapters (through z), the retriever and the prototypes. "retriever_prototypes":
+        not the lower adapters (z reads the split's hidden state detached).
+        "retriever": the retriever alone, so the features and the prototypes that
+        condition the hypernetwork learn from the task loss only, while the retriever
+        still learns to find each task's prototype (inference without task ids, few-shot
+        initialisation). pha.train uses "retriever": chosen on validation
+        (docs/TRAINING.md).
     """
 
     method: ClassVar[str] = "pha"
@@ -40,4 +45,14 @@ class PHAConfig(MethodConfig):
     ins_weight: float = 0.1
     pro_weight: float = 0.1
     exclude_positive: bool = True
-    detach_retriever: bool = False
+    contrastive_trains: str = "all"
+
+    CONTRASTIVE_TRAINS: ClassVar[tuple[str, ...]] = ("all", "retriever_prototypes", "retriever")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.contrastive_trains not in self.CONTRASTIVE_TRAINS:
+            raise ValueError(
+                f"contrastive_trains: expected one of {self.CONTRASTIVE_TRAINS}, "
+                f"got {self.contrastive_trains!r}"
+            )

@@ -35,10 +35,10 @@ class PrototypeHyperAdapterModel(PHAModel):
 
     def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:
         mask = expand_rows(ctx.pool_mask, hidden.shape[0])
-        # detach_retriever: z (and the contrastive losses on it) cannot move the lower
-        # adapters; the task loss still reaches them through the upper half.
-        source = hidden.detach() if self.method_config.detach_retriever else hidden
-        ctx.z = self.retriever(source, mask)
+        # z feeds only the contrastive losses and retrieval: detached, those losses cannot
+        # move the lower adapters (the task loss still reaches them via the upper half).
+        detach = self.method_config.contrastive_trains != "all"
+        ctx.z = self.retriever(hidden.detach() if detach else hidden, mask)
         if ctx.stop_at_split:
             return
         if ctx.task_ids is None:  # inference without a task: the nearest prototype
@@ -49,12 +49,15 @@ class PrototypeHyperAdapterModel(PHAModel):
 
     def aux_losses(self, ctx: Context) -> dict[str, torch.Tensor]:
         cfg = self.method_config
+        prototypes = self.prototypes.weight
+        if cfg.contrastive_trains == "retriever":
+            prototypes = prototypes.detach()
         z = ops.all_gather_with_grad(ctx.z)
         labels = ops.all_gather_with_grad(expand_rows(ctx.task_ids, ctx.z.shape[0]))
         ins = ops.supcon_loss(z, labels, cfg.temperature, backend=cfg.backend)
         pro = ops.prototype_loss(
             z,
-            self.prototypes.weight.to(z.dtype),
+            prototypes.to(z.dtype),
             labels,
             cfg.temperature,
             exclude_positive=cfg.exclude_positive,
