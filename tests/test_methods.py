@@ -96,8 +96,9 @@ def test_pha_contrastive_trains_chooses_what_the_contrastive_losses_move(trains,
 
 
 def test_pha_contrastive_trains_retriever_leaves_the_task_path_as_without_the_losses():
-    """With contrastive_trains="retriever" every parameter but the retriever's trains
-    exactly as with both contrastive weights 0, while the retriever still learns."""
+    """With contrastive_trains="retriever" (and no gradient clipping) every parameter but
+    the retriever's trains exactly as with both contrastive weights 0, while the retriever
+    still learns."""
 
     def train(**overrides):
         torch.manual_seed(0)
