@@ -116,7 +116,12 @@ def format_task_free(results: dict[str, dict]) -> str:
     lines.append("-" * len(lines[0]))
     for task, r in results.items():
         cells = [f"{100 * r['retrieval_accuracy']:9.2f}"]
-        cells += [f"{100 * r['with_task_ids'][n]:14.2f}  {100 * r['with_retrieval'][n]:14.2f}"
-                  for n in names]  # fmt: skip
+        for n in names:  # a task may lack a metric (mcc: binary tasks only): blank cells
+            if n in r["with_task_ids"]:
+                cells.append(
+                    f"{100 * r['with_task_ids'][n]:14.2f}  {100 * r['with_retrieval'][n]:14.2f}"
+                )
+            else:
+                cells.append(f"{'':14}  {'':14}")
         lines.append(f"{task:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from pha.data import Collator, load_tasks
 from pha.evaluate import main as evaluate_main
 from pha.methods import METHODS
 from pha.scoring import evaluate, predict
-from pha.task_free import CSV_FIELDS, evaluate_task_free, retrieval_accuracy
+from pha.task_free import CSV_FIELDS, evaluate_task_free, format_task_free, retrieval_accuracy
 
 TASKS = ["rt_polarity", "bbc_topic"]  # 2 and 5 classes
 
@@ -100,3 +100,18 @@ def test_cli_writes_the_task_free_csv(tiny_bert, pha_cache, tmp_path, capsys):  
         assert 0.0 <= float(r["retrieval_accuracy"]) <= 1.0
     with pytest.raises(SystemExit):
         evaluate_main([str(run), "--csv", str(out)])  # --csv only with --no-task-ids
+
+
+def test_the_table_leaves_a_metric_blank_for_a_task_without_it():
+    """mcc exists for binary tasks only: a suite that mixes them printed a KeyError."""
+    binary = {"accuracy": 0.9, "macro_f1": 0.8, "mcc": 0.7}
+    multi = {"accuracy": 0.6, "macro_f1": 0.5}
+    results = {
+        "rt_subjectivity": dict(
+            retrieval_accuracy=1.0, with_task_ids=binary, with_retrieval=binary
+        ),
+        "bbc_topic": dict(retrieval_accuracy=0.5, with_task_ids=multi, with_retrieval=multi),
+    }
+    head, _, subj, bbc = format_task_free(results).splitlines()
+    assert "mcc ids" in head and subj.split()[-2:] == ["70.00", "70.00"]
+    assert bbc.split() == ["bbc_topic", "50.00", "60.00", "60.00", "50.00", "50.00"]
