@@ -306,8 +306,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 # HyperFormer++: the paper's N(0, 1e-2) init of the generated post-adapter LayerNorm moves
 # a post-LN BERT far from the backbone at step 0 (cosine 0.34); zero starts at identity.
 # PHA: the contrastive losses train the retriever alone. Letting them move the lower
-# adapters and the prototypes (the release) cost 2.5 points of validation macro-F1 at
-# n=100 on the 8-task suite, 3 seeds (docs/TRAINING.md); retrieval still learns.
+# adapters and the prototypes (the release) scored 61.1 validation macro-F1 against 62.8
+# at n=100 on the 8-task suite, 3 seeds (docs/TRAINING.md); retrieval still learns.
 METHOD_ARGS: dict[str, dict[str, Any]] = {
     "hyperformer": {"norm_init": "zero"},
     "pha": {"contrastive_trains": "retriever"},
