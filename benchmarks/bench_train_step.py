@@ -44,7 +44,8 @@ from timing import CLOCKS, Timing, gemm_peaks, machine_info  # noqa: E402
 DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
 METHODS = ("adapter", "pha", "release")
 # fp32 eager; bf16: the forward under CPU autocast (fp32 master weights, as pha.train
-# --precision bf16); compiled: fp32 with torch.compile of the model (pha.train --compile).
+# --precision bf16); compiled: fp32, the model compiled by pha.compile.compile_model (as
+# pha.train --compile).
 VARIANTS = ("fp32", "bf16", "compiled")
 NUM_TASKS = 8
 TARGET_TOKENS = 16
@@ -131,8 +132,10 @@ class Trainer:
     """One method's model in one variant, fused AdamW and a fixed mixed-task batch."""
 
     def __init__(self, backbone: str, method: str, batch: int, seq_len: int, variant: str):
+        from pha.compile import compile_model
+
         self.model = build_model(backbone, method).train()
-        self.forward = torch.compile(self.model) if variant == "compiled" else self.model
+        self.forward = compile_model(self.model) if variant == "compiled" else self.model
         self.bf16 = variant == "bf16"
         g = torch.Generator().manual_seed(0)
         vocab = self.model.base_model.config.vocab_size

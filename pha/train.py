@@ -46,6 +46,7 @@ from .checkpoint import (
     lock_output_dir,
     save_checkpoint,
 )
+from .compile import compile_model
 from .data import Collator, MixedTaskSampler, head, load_tasks, metrics
 from .evaluate import load_adapter
 from .files import OutputError, atomic_write_files
@@ -430,7 +431,7 @@ class _Run:
                 find_unused_parameters=True,
             )
         if cfg.compile:
-            train_model = torch.compile(train_model)
+            train_model = compile_model(train_model, self.device)
         bf16 = cfg.precision == "bf16"  # the forward under autocast; weights stay fp32
         loader = DataLoader(
             _TrainExamples(data.train),

@@ -10,6 +10,7 @@ import torch
 from tiny_backbones import VOCAB, tiny
 
 import pha
+import pha.compile as compile_
 
 PHA_DIR = str(Path(pha.__file__).resolve().parent)
 TASKS = ["a", "b", "c"]
@@ -61,3 +62,44 @@ def test_compiled_step_matches_eager(method):
     for name, p in model.named_parameters():
         if name in grads:
             torch.testing.assert_close(p.grad, grads[name], msg=name, atol=1e-6, rtol=1e-5)
+
+
+def test_dropout_mask_keeps_one_minus_p_and_follows_the_seed():
+    x = torch.empty(3, 50_001)  # odd size: the last 63-bit draw gives one element
+    torch.manual_seed(1)
+    mask = torch.ops.pha.dropout_mask(x, 0.3)
+    assert mask.dtype == torch.bool and mask.shape == x.shape
+    keep = mask.float().mean().item()
+    assert abs(keep - 0.7) < 0.005  # 150k draws: 7 standard deviations
+    torch.manual_seed(1)
+    assert torch.equal(torch.ops.pha.dropout_mask(x, 0.3), mask)
+    assert not torch.equal(torch.ops.pha.dropout_mask(x, 0.3), mask)
+    for p in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="p: expected a probability"):
+            compile_.dropout_mask(x, p)
+
+
+def _dropout_sum(x, w):
+    return (torch.nn.functional.dropout(x, 0.25, training=True) * w).sum()
+
+
+def test_compiled_dropout_uses_pha_masks_and_the_same_mask_in_backward():
+    """Inductor keeps native_dropout whole and the pass swaps in pha::dropout_mask: the
+    output is x / (1 - p) or 0, and the gradient is scaled by the very same mask."""
+    x = torch.rand(64, 129) + 0.5
+    w = torch.randn(64, 129)
+    x.requires_grad_(True)
+    fn = torch.compile(_dropout_sum, options=compile_.compile_options(torch.device("cpu")))
+    with torch.profiler.profile() as prof:
+        loss = fn(x, w)
+    assert "pha::dropout_mask" in {e.name for e in prof.events()}
+    loss.backward()
+    kept = x.grad != 0
+    torch.testing.assert_close(x.grad, torch.where(kept, w / 0.75, 0.0))
+    torch.testing.assert_close(loss, (torch.where(kept, x / 0.75, 0.0) * w).sum())
+    assert 0.70 < kept.float().mean().item() < 0.80  # 8256 draws, keep 0.75
+
+
+def test_compile_options_only_change_the_cpu():
+    assert compile_.compile_options(torch.device("cpu"))["fallback_random"] is True
+    assert compile_.compile_options(torch.device("cuda")) == {}
