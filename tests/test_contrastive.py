@@ -320,6 +320,22 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("ids", [[0, 1, 2, 0, 1, 2, 0, 0, 1, 2], [0, 1, 2, 3], [4, 1, 1, 3]])
+def test_reference_supcon_compiles_whole_and_matches_eager(ids):
+    """Under torch.compile the reference takes its graph-safe branch (no data-dependent
+    branch or row selection): the same loss and gradient, including rows without a
+    positive and a batch without any (0, zero gradient)."""
+    z = torch.randn(len(ids), 8, requires_grad=True)
+    labels = torch.tensor(ids)
+    eager = reference.supcon_loss(z, labels)
+    (eager_grad,) = torch.autograd.grad(eager, z)
+    compiled = torch.compile(reference.supcon_loss, fullgraph=True, backend="aot_eager")
+    got = compiled(z, labels)
+    (got_grad,) = torch.autograd.grad(got, z)
+    torch.testing.assert_close(got, eager)
+    torch.testing.assert_close(got_grad, eager_grad)
+
+
 def test_default_backend_is_cpp_on_cpu():
     require("cpp", "supcon")
     z, protos, labels = make_inputs(5, 8, 3, labels=[0, 1, 0, 1, 2])

@@ -63,10 +63,15 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1)
     positives = (labels[:, None] == labels[None, :]) & ~self_mask
     n_pos = positives.sum(1)
     has_pos = n_pos > 0
-    if not bool(has_pos.any()):
+    compiling = torch.compiler.is_compiling()
+    if not compiling and not bool(has_pos.any()):
         return _zero_loss(z)
     log_norm = torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
     log_prob = torch.where(positives, sim - log_norm, torch.zeros_like(sim))
+    if compiling:  # the same mean without the data-dependent branch and row selection,
+        # which would break the graph (and then every PHAModel.forward graph in the process)
+        per_row = log_prob.sum(1) / n_pos.clamp_min(1)
+        return -(per_row * has_pos).sum() / has_pos.sum().clamp_min(1)
     mean_log_prob_pos = log_prob.sum(1)[has_pos] / n_pos[has_pos]
     return -mean_log_prob_pos.mean()
 
