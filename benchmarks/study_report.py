@@ -79,6 +79,14 @@ def _methods(scores: Scores, reference: str) -> list[str]:
     return ([reference] if reference in names else []) + sorted(names - {reference})
 
 
+def plotted(scores: Scores, reference: str) -> list[str]:
+    """The methods drawn as curves: those measured at two sizes or more (one-size variants,
+    such as ablations, stay in the tables only), or every method if none has two sizes."""
+    methods = _methods(scores, reference)
+    curves = [m for m in methods if len({n for mm, n in scores if mm == m}) > 1]
+    return curves or methods
+
+
 def _sizes(scores: Scores) -> list[int]:
     return sorted({n for _, n in scores})
 
@@ -193,7 +201,7 @@ def band(scores: Scores, method: str) -> tuple[list[int], list[Summary]]:
 
 
 def _draw(ax, scores: Scores, reference: str, linewidth: float) -> None:
-    for m in _methods(scores, reference):
+    for m in plotted(scores, reference):
         sizes, sums = band(scores, m)
         (line,) = ax.plot(sizes, [100 * s.mean for s in sums], marker="o", lw=linewidth, label=m)
         with_ci = [(n, s) for n, s in zip(sizes, sums) if not math.isnan(s.low)]

@@ -310,6 +310,15 @@ def test_a_run_missing_the_metric_for_one_task_is_an_error(study):
         study.study_report.collect(rows, "n_train", "macro_f1")
 
 
+def test_plots_draw_curves_and_leave_one_size_variants_to_the_tables(study):
+    seeds = {"0": 0.5}
+    scores = {("pha", 32): seeds, ("pha", 100): seeds, ("adapter", 32): seeds,
+              ("adapter", 100): seeds, ("pha_ablation", 100): seeds}  # fmt: skip
+    assert study.study_report.plotted(scores, "pha") == ["pha", "adapter"]
+    one_size = {k: v for k, v in scores.items() if k[1] == 100}
+    assert study.study_report.plotted(one_size, "pha") == ["pha", "adapter", "pha_ablation"]
+
+
 # ---- end to end on a tiny model --------------------------------------------------------
 
 
