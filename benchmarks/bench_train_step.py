@@ -17,8 +17,9 @@ the repeats after warm-up. "% peak": the step's forward+backward FLOPs (counted 
 torch.utils.flop_counter on one step: the matmuls, pha's fused adapter included; not the
 contrastive losses (B x B x 64, negligible) nor the AdamW step) over its median time, against a oneDNN GEMM timed in the same process
 (timing.gemm_peak). Memory: each method in its own subprocess; peak = the peak
-RSS over two steps minus the RSS just before them (model and optimizer built). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (see ENVIRONMENT.md) for
-steadier numbers; the machine is shared, so compare ratios from one run.
+RSS over two steps minus the RSS just before them (model and optimizer built). Time is
+measured with freed memory kept for reuse, as pha.train runs (pha/allocator.py); on a
+shared machine compare ratios from one run.
 
     python benchmarks/bench_train_step.py            # full table, writes results/*.json
     python benchmarks/bench_train_step.py --quick    # tiny models, one repeat (a smoke test)
@@ -194,7 +195,14 @@ def _set_threads(spec: dict) -> None:
 def measure_time(spec: dict) -> dict[str, dict]:
     """Step times of every method and variant, interleaved round by round (so that the
     load of a shared machine hits them all alike). Keys "method/variant"."""
+    from pha.allocator import keep_freed_memory
+
     _set_threads(spec)
+    keep_freed_memory()  # as pha.train does; measure_memory's subprocess sets MALLOC_* instead
+    # A fresh dynamo cache per measurement: in one process (--in-process) every compiled
+    # model shares PHAModel.forward's code object, and past dynamo's recompile limit (8)
+    # later measurements would silently run it eagerly.
+    torch._dynamo.reset()
     keys = [f"{m}/{v}" for v in spec["variants"] for m in METHODS]
     trainers = {}
     for key in keys:
@@ -242,6 +250,7 @@ def measure_memory(spec: dict) -> dict:
       step_peak_mib: the same within the second step alone, over the RSS just before
         it (a steady-state step: the optimizer state already exists)."""
     _set_threads(spec)
+    torch._dynamo.reset()  # as in measure_time
     trainer = Trainer(
         spec["backbone"], spec["method"], spec["batch"], spec["seq_len"], spec["variant"]
     )
