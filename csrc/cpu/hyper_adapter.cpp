@@ -328,11 +328,6 @@ void rows_out(const GemmOps<op_t, acc_t>& ops, int64_t M, int64_t N, int64_t K,
   }
 }
 
-template <typename T>
-inline float as_float(T v) {
-  return static_cast<float>(v);
-}
-
 // ------------------------------------------------------------------ forward
 template <typename scalar_t, typename acc_t, typename op_t>
 void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const scalar_t* bd,
@@ -456,6 +451,9 @@ struct Backward {
       ld_up = js;
     }
     acc_t* c_down_t = scratch<acc_t>(kCDown, r * js);
+    // bf16 gradients leave the kernel rounded when one pass covers all the set's rows.
+    bool narrow_out = false;
+    if constexpr (!kSame) narrow_out = ops.cols_narrow && n <= kChunkRows;
     for (int64_t k0 = 0; k0 < n || k0 == 0; k0 += kChunkRows) {
       const int64_t kc = std::min(kChunkRows, n - k0);
       int64_t col0 = j0;  // where slice column 0 sits in a g/x row
@@ -481,9 +479,17 @@ struct Backward {
         const int64_t sorted = p.sorted_row(s, k0 + k);
         a_rows[k] = act_buf + sorted * r;
         p_rows[k] = dpre_buf + sorted * r;
-        for (int64_t j = 0; j < js; ++j) bup[j] += as_float(g_rows[k][col0 + j]);
-        if (j0 == 0)
-          for (int64_t j = 0; j < r; ++j) bdown[j] += as_float(p_rows[k][j]);
+      }
+      ops.col_sums(kc, js, g_rows.data(), col0, bup);
+      if (j0 == 0) ops.col_sums(kc, r, p_rows.data(), 0, bdown);
+      if constexpr (!kSame) {
+        if (narrow_out) {
+          auto* gwu_bits = reinterpret_cast<uint16_t*>(gwu + g * r * d + j0);
+          auto* gwd_bits = reinterpret_cast<uint16_t*>(gwd + g * d * r + j0 * r);
+          ops.cols_narrow(r, js, kc, a_rows.data(), 0, g_rows.data(), col0, gwu_bits, d, false);
+          ops.cols_narrow(r, js, kc, p_rows.data(), 0, x_rows.data(), col0, gwd_bits, r, true);
+          continue;
+        }
       }
       const bool acc = k0 > 0;
       ops.cols(r, js, kc, a_rows.data(), 0, g_rows.data(), col0, c_up, ld_up, acc);
@@ -494,7 +500,7 @@ struct Backward {
       for (int64_t j = 0; j < r; ++j) gbd[g * r + j] = static_cast<scalar_t>(bdown[j]);
     if constexpr (kSame) {
       ops.transpose(r, js, c_down_t, js, gwd + g * d * r + j0 * r, r);
-    } else {
+    } else if (!narrow_out) {
       for (int64_t i = 0; i < r; ++i)
         from_acc(ops, c_up + i * js, gwu + g * r * d + i * d + j0, js);
       acc_t* c_down = scratch<acc_t>(kCUp, js * r);  // c_up is converted already

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace pha_cpu {
 
@@ -37,6 +38,8 @@ struct GemmOps {
   // bfloat16 (raw bits) <-> acc_t, n elements; narrowing rounds to nearest even.
   void (*widen_bf16)(const uint16_t* src, acc_t* dst, int64_t n);
   void (*narrow_bf16)(const acc_t* src, uint16_t* dst, int64_t n);
+  // sums[j] += sum_k rows[k][off + j], j < N, k < K in order (the bias gradients).
+  void (*col_sums)(int64_t K, int64_t N, const op_t* const* rows, int64_t off, acc_t* sums);
   // Operands narrower than acc_t only (bf16): rows() takes its B panel packed, K x N (row
   // stride ld) into panel_elems(K, N) values. Wider panels are used as they are (null).
   int64_t (*panel_elems)(int64_t K, int64_t N) = nullptr;
@@ -47,6 +50,12 @@ struct GemmOps {
   // C goes through memory. Null where callers use rows() into scratch, then narrow_bf16.
   void (*rows_narrow)(int64_t M, int64_t N, int64_t K, const op_t* const* a, const op_t* b,
                       int64_t ldb, uint16_t* const* c, const acc_t* bias) = nullptr;
+  // cols() rounded to bfloat16 as each block leaves the kernel, without accumulation: c[i *
+  // ldc + j] = C[i][j], or, transposed, c[j * ldc + i] = C[i][j]. Null where callers use
+  // cols() into scratch, then transpose and narrow_bf16.
+  void (*cols_narrow)(int64_t M, int64_t N, int64_t K, const op_t* const* ak, int64_t aoff,
+                      const op_t* const* bk, int64_t boff, uint16_t* c, int64_t ldc,
+                      bool transposed) = nullptr;
 };
 
 // ---------------------------------------------------------------- portable versions
@@ -101,10 +110,17 @@ void narrow_bf16_generic(const acc_t* src, uint16_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = c10::BFloat16(static_cast<float>(src[i])).x;
 }
 
+template <typename op_t, typename acc_t>
+void col_sums_generic(int64_t K, int64_t N, const op_t* const* rows, int64_t off, acc_t* sums) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < N; ++j) sums[j] += static_cast<acc_t>(rows[k][off + j]);
+}
+
 template <typename acc_t>
 GemmOps<acc_t> generic_ops() {
-  return {&rows_generic<acc_t>, &cols_generic<acc_t>, &transpose_generic<acc_t>,
-          &widen_bf16_generic<acc_t>, &narrow_bf16_generic<acc_t>};
+  return {&rows_generic<acc_t>,        &cols_generic<acc_t>,
+          &transpose_generic<acc_t>,   &widen_bf16_generic<acc_t>,
+          &narrow_bf16_generic<acc_t>, &col_sums_generic<acc_t, acc_t>};
 }
 
 // ---------------------------------------------------------------- AVX-512 (fp32)
@@ -328,8 +344,39 @@ PHA_AVX512 inline void narrow_bf16_avx512(const float* src, uint16_t* dst, int64
   }
 }
 
+// col_sums for fp32 or bf16 rows, 64 columns (four accumulators) at a time.
+template <typename op_t>
+PHA_AVX512 inline __m512 load_as_fp32(const op_t* p, __mmask16 m) {
+  if constexpr (std::is_same_v<op_t, float>) {
+    return _mm512_maskz_loadu_ps(m, p);
+  } else {
+    const __m512i bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(bits, 16));
+  }
+}
+
+template <typename op_t>
+PHA_AVX512 void col_sums_avx512(int64_t K, int64_t N, const op_t* const* rows, int64_t off,
+                                float* sums) {
+  for (int64_t j0 = 0; j0 < N; j0 += 64) {
+    __mmask16 m[4];
+    __m512 acc[4];
+    for (int v = 0; v < 4; ++v) {
+      const int64_t n = std::min<int64_t>(16, std::max<int64_t>(0, N - j0 - 16 * v));
+      m[v] = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      acc[v] = _mm512_maskz_loadu_ps(m[v], sums + j0 + 16 * v);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const op_t* row = rows[k] + off + j0;
+      for (int v = 0; v < 4; ++v) acc[v] = _mm512_add_ps(acc[v], load_as_fp32(row + 16 * v, m[v]));
+    }
+    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(sums + j0 + 16 * v, m[v], acc[v]);
+  }
+}
+
 inline GemmOps<float> avx512_ops() {
-  return {&rows_avx512, &cols_avx512, &transpose_avx512, &widen_bf16_avx512, &narrow_bf16_avx512};
+  return {&rows_avx512,        &cols_avx512,        &transpose_avx512, &widen_bf16_avx512,
+          &narrow_bf16_avx512, &col_sums_avx512<float>};
 }
 
 }  // namespace pha_cpu

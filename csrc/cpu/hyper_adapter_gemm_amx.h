@@ -214,19 +214,29 @@ PHA_AMX inline void rows_amx_narrow(int64_t M, int64_t N, int64_t K, const bf16*
   rows_amx_into(M, N, K, a, b, c, bias);
 }
 
-// cols() of GemmOps on bf16 token rows: C = A^T B with both operands packed, B by pairs of
-// token rows, A^T as A by pairs transposed in 32-bit units (a pair of k is one unit).
-PHA_AMX inline void cols_amx(int64_t M, int64_t N, int64_t K, const bf16* const* ak, int64_t aoff,
-                             const bf16* const* bk, int64_t boff, float* c, int64_t ldc,
-                             bool accumulate) {
+// The operands of cols(): B packed by pairs of token rows, A^T as A by pairs transposed in
+// 32-bit units (a pair of k is one unit). Returns kp; at and bp are amx_buffer 1 and 2.
+PHA_AMX inline int64_t pack_cols_operands(int64_t M, int64_t N, int64_t K,
+                                          const bf16* const* ak, int64_t aoff,
+                                          const bf16* const* bk, int64_t boff, bf16*& at,
+                                          bf16*& bp) {
   const int64_t kp = round_up(K, 32), np = round_up(N, 16), mp = round_up(M, 16);
   bf16* a_pairs = amx_buffer(0, kp * mp);
-  bf16* at = amx_buffer(1, mp * kp);
-  bf16* bp = amx_buffer(2, kp * np);
+  at = amx_buffer(1, mp * kp);
+  bp = amx_buffer(2, kp * np);
   pack_pairs_rows(K, M, [&](int64_t k) { return ak[k] + aoff; }, kp, mp, a_pairs, 2 * mp);
   transpose_avx512(kp / 2, mp, reinterpret_cast<const float*>(a_pairs), mp,
                    reinterpret_cast<float*>(at), kp / 2);
   pack_pairs_rows(K, N, [&](int64_t k) { return bk[k] + boff; }, kp, np, bp, 2 * np);
+  return kp;
+}
+
+// cols() of GemmOps on bf16 token rows: C = A^T B.
+PHA_AMX inline void cols_amx(int64_t M, int64_t N, int64_t K, const bf16* const* ak, int64_t aoff,
+                             const bf16* const* bk, int64_t boff, float* c, int64_t ldc,
+                             bool accumulate) {
+  bf16 *at, *bp;
+  const int64_t kp = pack_cols_operands(M, N, K, ak, aoff, bk, boff, at, bp);
   auto direct = [&](int64_t m0, int64_t n0, int mt, int nt, const bf16* a, int64_t la,
                     const bf16* b, int64_t lb, int64_t k) {
     float* cb = c + m0 * ldc + n0;
@@ -238,7 +248,33 @@ PHA_AMX inline void cols_amx(int64_t M, int64_t N, int64_t K, const bf16* const*
     for (int64_t i = 0; i < m; ++i) rows[i] = c + (m0 + i) * ldc;
     write_back(stage, m, n, rows, n0, nullptr, accumulate);
   };
-  amx_gemm(M, N, kp, at, kp, bp, 2 * np, direct, edge);
+  amx_gemm(M, N, kp, at, kp, bp, 2 * round_up(N, 16), direct, edge);
+}
+
+// cols_narrow() of GemmOps: every 32 x 32 block of C goes through the staging block and is
+// rounded to bf16 there; transposed, the block is first transposed in registers, so each
+// row of C^T still gets 32 contiguous values.
+PHA_AMX inline void cols_amx_narrow(int64_t M, int64_t N, int64_t K, const bf16* const* ak,
+                                    int64_t aoff, const bf16* const* bk, int64_t boff,
+                                    uint16_t* c, int64_t ldc, bool transposed) {
+  bf16 *at, *bp;
+  const int64_t kp = pack_cols_operands(M, N, K, ak, aoff, bk, boff, at, bp);
+  auto direct = [](int64_t, int64_t, int, int, const bf16*, int64_t, const bf16*, int64_t,
+                   int64_t) { return false; };
+  auto edge = [&](int64_t m0, int64_t n0, int64_t m, int64_t n, const float* stage) {
+    uint16_t* rows[32];
+    if (!transposed) {
+      for (int64_t i = 0; i < m; ++i) rows[i] = c + (m0 + i) * ldc;
+      return write_back(stage, m, n, rows, n0, nullptr, false);
+    }
+    alignas(64) float stage_t[32 * 32];
+    for (int bi = 0; bi < 32; bi += 16)
+      for (int bj = 0; bj < 32; bj += 16)
+        transpose16x16(stage + bi * 32 + bj, 32, stage_t + bj * 32 + bi, 32);
+    for (int64_t j = 0; j < n; ++j) rows[j] = c + (n0 + j) * ldc;
+    write_back(stage_t, n, m, rows, m0, nullptr, false);
+  };
+  amx_gemm(M, N, kp, at, kp, bp, 2 * round_up(N, 16), direct, edge);
 }
 
 // The K x N panel src (row stride ld) for rows_amx: pairs of rows, padded with zeros to 32
@@ -259,8 +295,8 @@ PHA_AVX512_BF16 inline void pack_panel_amx_transposed(int64_t K, int64_t N, cons
 
 inline GemmOps<bf16, float> amx_bf16_ops() {
   return {&rows_amx,           &cols_amx,        &transpose_avx512, &widen_bf16_avx512,
-          &narrow_bf16_avx512, &amx_panel_elems, &pack_panel_amx,   &pack_panel_amx_transposed,
-          &rows_amx_narrow};
+          &narrow_bf16_avx512, &col_sums_avx512<bf16>, &amx_panel_elems, &pack_panel_amx,
+          &pack_panel_amx_transposed, &rows_amx_narrow, &cols_amx_narrow};
 }
 
 }  // namespace pha_cpu
