@@ -4,9 +4,10 @@ For each shape, dtype (fp32, bf16) and mode (forward; forward+backward) it repor
 median time over repeats with its 20/80 % quantiles, GFLOP/s, the fraction of the
 machine's GEMM peak measured in the same run (oneDNN via torch.ops.mkldnn._linear_pointwise
 on CPU, torch.mm on GPU), and the speed-up over the reference. Prints a table and writes JSON.
+Freed memory is kept for reuse, as pha.train runs (pha/allocator.py): the outputs of every
+call come from the heap rather than from freshly faulted pages, for eager and C++ alike.
 
-    MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \\
-        python benchmarks/bench_adapter.py [--quick] [--out FILE] [--shapes B,T,d,r,G;...]
+    python benchmarks/bench_adapter.py [--quick] [--out FILE] [--shapes B,T,d,r,G;...]
 
 G=0 means one weight set per instance (no index); G>0 means index=LongTensor[B] over G sets.
 On a shared, loaded machine `--threads 1 --timer thread` (CPU time of the one thread doing
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 import pha
+from pha.allocator import keep_freed_memory
 from pha.ops import _backend, reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     repeats = 3 if args.quick else 15
     min_sample_s = 0.002 if args.quick else 0.05
     torch.set_num_threads(args.threads)
+    freed_memory_kept = keep_freed_memory()
     device = torch.device(args.device)
 
     def sync():
@@ -167,7 +170,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                         }
                     )
     result = {
-        "machine": {**machine_info(device), "timer": args.timer},
+        "machine": {
+            **machine_info(device),
+            "timer": args.timer,
+            "freed_memory_kept": freed_memory_kept,
+        },
         "gemm_peak_gflops": peaks,
         "flops_note": "fwd = 4*B*T*d*r, fwd+bwd = 12*B*T*d*r (2 per multiply-add)",
         "results": rows,
