@@ -418,7 +418,10 @@ struct Backward {
       const float* h = hidden + orig[i] * r;
       op_t* a = act_buf + (p0 + i) * r;
       op_t* dp = dpre_buf + (p0 + i) * r;
-      activate_and_grad_row(h, dh + i * r, a, dp, r, act);
+      if (act == Act::Relu)
+        ops.relu_and_grad(h, dh + i * r, a, dp, r);
+      else
+        activate_and_grad_row(h, dh + i * r, a, dp, r, act);
       in_rows[i] = dp;
       gx_rows[i] = gx + orig[i] * d;
     }

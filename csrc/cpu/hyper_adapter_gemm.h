@@ -40,6 +40,10 @@ struct GemmOps {
   void (*narrow_bf16)(const acc_t* src, uint16_t* dst, int64_t n);
   // sums[j] += sum_k rows[k][off + j], j < N, k < K in order (the bias gradients).
   void (*col_sums)(int64_t K, int64_t N, const op_t* const* rows, int64_t off, acc_t* sums);
+  // The relu activation of a hidden row and its gradient, rounded to op_t: a[j] =
+  // relu(h[j]), dp[j] = h[j] <= 0 ? 0 : dh[j], j < n; a NaN h passes (as torch.relu and
+  // threshold_backward).
+  void (*relu_and_grad)(const float* h, const acc_t* dh, op_t* a, op_t* dp, int64_t n);
   // Operands narrower than acc_t only (bf16): rows() takes its B panel packed, K x N (row
   // stride ld) into panel_elems(K, N) values. Wider panels are used as they are (null).
   int64_t (*panel_elems)(int64_t K, int64_t N) = nullptr;
@@ -117,10 +121,20 @@ void col_sums_generic(int64_t K, int64_t N, const op_t* const* rows, int64_t off
 }
 
 template <typename acc_t>
+void relu_and_grad_generic(const float* h, const acc_t* dh, acc_t* a, acc_t* dp, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t hj = h[j];
+    a[j] = hj < acc_t(0) ? acc_t(0) : hj;
+    dp[j] = hj <= acc_t(0) ? acc_t(0) : dh[j];
+  }
+}
+
+template <typename acc_t>
 GemmOps<acc_t> generic_ops() {
   return {&rows_generic<acc_t>,        &cols_generic<acc_t>,
           &transpose_generic<acc_t>,   &widen_bf16_generic<acc_t>,
-          &narrow_bf16_generic<acc_t>, &col_sums_generic<acc_t, acc_t>};
+          &narrow_bf16_generic<acc_t>, &col_sums_generic<acc_t, acc_t>,
+          &relu_and_grad_generic<acc_t>};
 }
 
 // ---------------------------------------------------------------- AVX-512 (fp32)
@@ -374,9 +388,33 @@ PHA_AVX512 void col_sums_avx512(int64_t K, int64_t N, const op_t* const* rows, i
   }
 }
 
+// 16 floats (the first `m` lanes) stored as op_t: fp32, or bfloat16 bits rounded as
+// c10::BFloat16 rounds.
+template <typename op_t>
+PHA_AVX512 inline void store_as(op_t* p, __mmask16 m, __m512 v) {
+  if constexpr (std::is_same_v<op_t, float>)
+    _mm512_mask_storeu_ps(p, m, v);
+  else
+    _mm256_mask_storeu_epi16(p, m, narrow16_bf16(v));
+}
+
+template <typename op_t>
+PHA_AVX512 void relu_and_grad_avx512(const float* h, const float* dh, op_t* a, op_t* dp,
+                                     int64_t n) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - j)) - 1);
+    const __m512 hv = _mm512_maskz_loadu_ps(m, h + j);
+    const __m512 gv = _mm512_maskz_loadu_ps(m, dh + j);
+    // Ordered comparisons: false for a NaN h, which then passes.
+    store_as(a + j, m, _mm512_mask_mov_ps(hv, _mm512_cmp_ps_mask(hv, zero, _CMP_LT_OQ), zero));
+    store_as(dp + j, m, _mm512_mask_mov_ps(gv, _mm512_cmp_ps_mask(hv, zero, _CMP_LE_OQ), zero));
+  }
+}
+
 inline GemmOps<float> avx512_ops() {
-  return {&rows_avx512,        &cols_avx512,        &transpose_avx512, &widen_bf16_avx512,
-          &narrow_bf16_avx512, &col_sums_avx512<float>};
+  return {&rows_avx512,        &cols_avx512,           &transpose_avx512, &widen_bf16_avx512,
+          &narrow_bf16_avx512, &col_sums_avx512<float>, &relu_and_grad_avx512<float>};
 }
 
 }  // namespace pha_cpu

@@ -295,8 +295,9 @@ PHA_AVX512_BF16 inline void pack_panel_amx_transposed(int64_t K, int64_t N, cons
 
 inline GemmOps<bf16, float> amx_bf16_ops() {
   return {&rows_amx,           &cols_amx,        &transpose_avx512, &widen_bf16_avx512,
-          &narrow_bf16_avx512, &col_sums_avx512<bf16>, &amx_panel_elems, &pack_panel_amx,
-          &pack_panel_amx_transposed, &rows_amx_narrow, &cols_amx_narrow};
+          &narrow_bf16_avx512, &col_sums_avx512<bf16>, &relu_and_grad_avx512<bf16>,
+          &amx_panel_elems,    &pack_panel_amx,        &pack_panel_amx_transposed,
+          &rows_amx_narrow,    &cols_amx_narrow};
 }
 
 }  // namespace pha_cpu

@@ -315,8 +315,8 @@ PHA_AVX512_BF16 inline void cols_bf16(int64_t M, int64_t N, int64_t K, const bf1
 
 inline GemmOps<bf16, float> avx512_bf16_ops() {
   return {&rows_bf16,          &cols_bf16,         &transpose_avx512, &widen_bf16_avx512,
-          &narrow_bf16_avx512, &col_sums_avx512<bf16>, &pairs_panel_elems, &pack_pairs_bf16,
-          &pack_pairs_bf16_transposed};
+          &narrow_bf16_avx512, &col_sums_avx512<bf16>, &relu_and_grad_avx512<bf16>,
+          &pairs_panel_elems,  &pack_pairs_bf16,       &pack_pairs_bf16_transposed};
 }
 
 }  // namespace pha_cpu
