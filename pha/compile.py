@@ -6,9 +6,10 @@ masks into one kernel: on a MiniLM train step it cost more than the eager step's
 `bernoulli_` (355 vs 150 ms of a 1.1 s step, one thread), which made the compiled step
 slower than eager. On CPU, compile_model therefore keeps each `aten.native_dropout` whole
 through tracing (inductor's `fallback_random`) and then replaces it by an opaque
-`pha::dropout_mask` op, whose masks come from torch's generator at about a third of
-`bernoulli_`'s cost, plus the multiply by mask / (1 - p), which inductor fuses into the
-neighbouring kernels. Eager execution is untouched.
+`pha::dropout_mask` op, whose masks follow torch's generator (on CPU: one seed drawn from
+it, every element from the C++ kernel, 16 per AVX-512 step and thread-parallel), plus the
+multiply by mask / (1 - p), which inductor fuses into the neighbouring kernels. Eager
+execution is untouched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
+from pha.ops import _backend
+
 aten = torch.ops.aten
 _U31 = 2**31  # each 63-bit draw of random_() gives two uniform 31-bit integers
 
@@ -28,10 +31,16 @@ _U31 = 2**31  # each 63-bit draw of random_() gives two uniform 31-bit integers
 )
 def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """A bool tensor of x's shape (contiguous, on x's device): True (keep) with probability
-    1 - p, from torch's random generator. A mask element is dropped when a 31-bit uniform
-    integer falls below round(p * 2**31): the drop probability is p to within 2**-32."""
+    1 - p, following torch's random generator (the same seed gives the same mask). A mask
+    element is dropped when a 31-bit uniform integer falls below round(p * 2**31) (32-bit
+    and 2**32 in the C++ kernel): the drop probability is p to within 2**-32."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p: expected a probability in (0, 1), got {p}")
+    if x.device.type == "cpu" and _backend.backends()["cpp"]:
+        # One 63-bit seed from torch's generator; the kernel derives each element from it
+        # and its index (SplitMix64), dropping it when a 32-bit uniform < round(p * 2**32).
+        seed = int(torch.empty((), dtype=torch.int64).random_())
+        return torch.ops.pha_C.dropout_mask(x, p, seed)
     n = x.numel()
     # random_() on int64 draws from [0, 2**63): the low 32 bits of each draw are uniform,
     # the high 32 bits uniform in [0, 2**31); masking bit 31 leaves two 31-bit uniforms.

@@ -12,6 +12,7 @@ from tiny_backbones import VOCAB, tiny
 
 import pha
 import pha.compile as compile_
+from pha.ops import _backend
 
 PHA_DIR = str(Path(pha.__file__).resolve().parent)
 TASKS = ["a", "b", "c"]
@@ -84,6 +85,30 @@ def test_dropout_mask_keeps_one_minus_p_and_follows_the_seed():
     for p in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="p: expected a probability"):
             compile_.dropout_mask(x, p)
+
+
+def test_cpu_dropout_mask_is_the_cpp_kernels_on_every_path_and_thread_count(monkeypatch):
+    """On CPU the mask comes from pha_C.dropout_mask with a seed drawn from torch's
+    generator; the AVX-512 and portable kernels and any thread count give the same bits."""
+    if not _backend.backends()["cpp"]:
+        pytest.skip("the C++ extension is not built")
+    x = torch.empty(7, 4099)  # not a multiple of the 16-element vector step
+    torch.manual_seed(5)
+    mask = torch.ops.pha.dropout_mask(x, 0.25)
+    torch.manual_seed(5)
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    threads = torch.get_num_threads()
+    try:
+        for path in pha.ops.cpu_isa_paths():
+            monkeypatch.setenv("PHA_CPU_ISA", path)
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                assert torch.equal(torch.ops.pha_C.dropout_mask(x, 0.25, seed), mask), (path, n)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(mask.float().mean().item() - 0.75) < 0.015  # 28.7k draws: 5 standard deviations
+    with pytest.raises(ValueError, match="p must lie in"):
+        torch.ops.pha_C.dropout_mask(x, 1.0, seed)
 
 
 def _dropout_sum(x, w):

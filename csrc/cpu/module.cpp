@@ -46,6 +46,8 @@ TORCH_LIBRARY(pha_C, m) {
   m.def(
       "prototype_backward(Tensor grad_loss, Tensor z, Tensor prototypes, Tensor labels,"
       " Tensor lse, float temperature, bool exclude_positive) -> (Tensor, Tensor)");
+  // Dropout keep masks from a seed (pha/compile.py's pha::dropout_mask on CPU).
+  m.def("dropout_mask(Tensor x, float p, int seed) -> Tensor");
   // The CPU kernel path a call would take now (PHA_CPU_ISA or the best this CPU runs),
   // the paths this CPU can run, and the detected features.
   m.def("cpu_isa() -> str", &cpu_isa);
