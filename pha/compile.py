@@ -14,6 +14,8 @@ execution is untouched.
 
 from __future__ import annotations
 
+import functools
+import logging
 import operator
 
 import torch
@@ -22,8 +24,25 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from pha.ops import _backend
 
+logger = logging.getLogger(__name__)
+
 aten = torch.ops.aten
 _U31 = 2**31  # each 63-bit draw of random_() gives two uniform 31-bit integers
+
+
+@functools.cache
+def _cpp_mask_kernel() -> bool:
+    """pha._C loads and registers pha_C.dropout_mask (an editable install whose C++ was
+    built before the kernel existed does not: it keeps random_(), and says so once)."""
+    if not _backend.backends()["cpp"]:
+        return False
+    if hasattr(torch.ops.pha_C, "dropout_mask"):
+        return True
+    logger.warning(
+        "pha._C has no dropout_mask kernel (built before it existed): dropout masks use "
+        "random_(); rebuild with `pip install --no-build-isolation -e .`"
+    )
+    return False
 
 
 @torch.library.custom_op(
@@ -36,7 +55,7 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     and 2**32 in the C++ kernel): the drop probability is p to within 2**-32."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p: expected a probability in (0, 1), got {p}")
-    if x.device.type == "cpu" and _backend.backends()["cpp"]:
+    if x.device.type == "cpu" and _cpp_mask_kernel():
         # One 63-bit seed from torch's generator; the kernel derives each element from it
         # and its index (SplitMix64), dropping it when a 32-bit uniform < round(p * 2**32).
         seed = int(torch.empty((), dtype=torch.int64).random_())
