@@ -45,7 +45,6 @@ bool use_avx512() { return pha_cpu::active_isa() != pha_cpu::Isa::Generic; }
 // Each kernel is compiled twice from the same always-inline code: for AVX-512 and for the
 // baseline x86-64 (where GCC lowers the 64-byte vectors through memory: correct, but far
 // slower); fp64 (gradcheck) only runs the portable build. Dispatched at run time.
-#define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
 #define PHA_ISA_VARIANTS(name, impl, params, args)           \
   template <typename T>                                      \
   PHA_AVX512 void name##_avx512 params { impl args; }        \

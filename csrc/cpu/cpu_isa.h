@@ -16,6 +16,10 @@
 #include <string>
 #include <vector>
 
+// The target of functions compiled for the avx512 path and up (the features
+// CpuFeatures::avx512 requires); they run only after dispatch has checked them.
+#define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+
 namespace pha_cpu {
 
 enum class Isa {

@@ -36,9 +36,7 @@ void keep_generic(uint64_t seed, uint32_t threshold, int64_t begin, int64_t end,
   }
 }
 
-#define PHA_AVX512_MASK __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-
-PHA_AVX512_MASK inline __m512i mix64_x8(__m512i z) {
+PHA_AVX512 inline __m512i mix64_x8(__m512i z) {
   z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
                          _mm512_set1_epi64(int64_t(0xBF58476D1CE4E5B9ull)));
   z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
@@ -47,7 +45,7 @@ PHA_AVX512_MASK inline __m512i mix64_x8(__m512i z) {
 }
 
 // 16 elements (8 draws) per step; the tail on the portable code.
-PHA_AVX512_MASK void keep_avx512(uint64_t seed, uint32_t threshold, int64_t begin, int64_t end,
+PHA_AVX512 void keep_avx512(uint64_t seed, uint32_t threshold, int64_t begin, int64_t end,
                                  bool* keep) {
   const __m512i lane = _mm512_setr_epi64(1, 2, 3, 4, 5, 6, 7, 8);
   const __m512i gamma = _mm512_set1_epi64(int64_t(kGamma));

@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cpu_isa.h"
+
 namespace pha_cpu {
 
 // op_t is the type of the GEMM operands, acc_t that of the results (fp32 for bf16 operands).
@@ -138,8 +140,6 @@ GemmOps<acc_t> generic_ops() {
 }
 
 // ---------------------------------------------------------------- AVX-512 (fp32)
-#define PHA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
-
 // Rows of accumulators per micro-tile for NV vectors per row: ~24 accumulators, at most
 // 8 A-row pointers (they live in general-purpose registers).
 constexpr int mr_for(int nv) { return nv >= 4 ? 6 : 8; }
