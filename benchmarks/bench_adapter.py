@@ -1,9 +1,12 @@
 """Benchmark pha.ops.hyper_adapter: the eager reference against every available backend.
 
-For each shape, dtype (fp32, bf16) and mode (forward; forward+backward) it reports the
-median time over repeats with its 20/80 % quantiles, GFLOP/s, the fraction of the
-machine's GEMM peak measured in the same run (oneDNN via torch.ops.mkldnn._linear_pointwise
-on CPU, torch.mm on GPU), and the speed-up over the reference. Prints a table and writes JSON.
+For each shape, dtype (fp32, bf16) and mode (forward; forward+backward) it times the
+reference, every backend and a GEMM probe of that dtype (oneDNN via
+torch.ops.mkldnn._linear_pointwise on CPU, torch.mm on GPU) round-robin, one sample of each
+per round (timing.measure_interleaved), and reports each one's median time with its 20/80 %
+quantiles and GFLOP/s, and two paired ratios: the speed-up over the reference and the
+fraction of the GEMM peak, each the median (q20-q80) of the per-round ratios, so that
+drift of a shared machine between rounds cancels out. Prints a table and writes JSON.
 Freed memory is kept for reuse, as pha.train runs (pha/allocator.py): the outputs of every
 call come from the heap rather than from freshly faulted pages, for eager and C++ alike.
 
@@ -31,7 +34,16 @@ from pha.allocator import keep_freed_memory
 from pha.ops import _backend, reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import CLOCKS, DTYPES, gemm_peaks, machine_info, measure  # noqa: E402
+from timing import (  # noqa: E402
+    CLOCKS,
+    DTYPES,
+    Timing,
+    gemm_probe,
+    machine_info,
+    measure_interleaved,
+    quantile_summary,
+    ratio_summary,
+)
 
 # (B, T, d, r, G): per-instance encoder-style, the PHA decoder (task-indexed), long thin.
 DEFAULT_SHAPES = ((32, 128, 768, 64, 0), (128, 8, 768, 64, 8), (8, 512, 2048, 16, 0))
@@ -133,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    peaks = gemm_peaks(device, args.quick)
+    probes = {dname: gemm_probe(dtype, device, args.quick) for dname, dtype in DTYPES.items()}
+    peak_samples = {dname: [] for dname in DTYPES}  # seconds per probe call, all rounds
     runs = [(name, None) for name in providers(device)]
     if args.isa_paths and "cpp" in dict(runs):
         runs = [r for r in runs if r[0] != "cpp"] + [
@@ -141,34 +154,39 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ]
     rows = []
     for shape in args.shapes:
-        b, t, d, r, _ = shape
         for dname, dtype in DTYPES.items():
             for backward in (False, True):
-                mode = "fwd+bwd" if backward else "fwd"
-                flops = (12 if backward else 4) * b * t * d * r
                 tensors, index, grad_out = make_case(shape, dtype, device, backward)
-                ref_ms = None
+                fns = {PEAK: probes[dname][0]}
                 for name, path in runs:
-                    fn = case_fn(name, tensors, index, grad_out, backward)
+                    fns[(name, path)] = with_isa_path(
+                        path, case_fn(name, tensors, index, grad_out, backward)
+                    )
+                timings = measure_interleaved(fns, repeats, min_sample_s, sync, args.timer)
+                peak_samples[dname] += timings[PEAK].samples
+                for name, path in runs:
                     with isa_path(path):
                         isa = pha.ops.cpu_isa() if name == "cpp" else None
-                        timing = measure(fn, repeats, min_sample_s, sync, args.timer)
-                    stats = timing.summary()
-                    ref_ms = stats["median_ms"] if name == "reference" else ref_ms
-                    gflops = flops / (stats["median_ms"] * 1e-3) / 1e9
                     rows.append(
                         {
                             "shape": dict(zip(("B", "T", "d", "r", "G"), shape)),
                             "dtype": dname,
-                            "mode": mode,
+                            "mode": "fwd+bwd" if backward else "fwd",
                             "provider": name,
                             "isa": isa,
-                            **stats,
-                            "gflops": gflops,
-                            "fraction_of_gemm_peak": gflops / peaks[dname],
-                            "speedup_vs_reference": ref_ms / stats["median_ms"],
+                            **case_stats(
+                                timings[(name, path)],
+                                timings[("reference", None)],
+                                timings[PEAK],
+                                (12 if backward else 4) * shape[0] * shape[1] * shape[2] * shape[3],
+                                probes[dname][1],
+                            ),
                         }
                     )
+    peaks = {
+        dname: probes[dname][1] / quantile_summary(samples)["median"] / 1e9
+        for dname, samples in peak_samples.items()
+    }
     result = {
         "machine": {
             **machine_info(device),
@@ -176,6 +194,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "freed_memory_kept": freed_memory_kept,
         },
         "gemm_peak_gflops": peaks,
+        "gemm_peak_note": "median over every round of the run's GEMM probes of that dtype",
+        "ratios_note": "speedup_vs_reference and fraction_of_gemm_peak are medians of "
+        "per-round ratios (reference, backends and a GEMM probe of the row's dtype timed "
+        "round-robin), with their 20/80 % quantiles in *_q20 / *_q80",
         "flops_note": "fwd = 4*B*T*d*r, fwd+bwd = 12*B*T*d*r (2 per multiply-add)",
         "results": rows,
     }
@@ -186,8 +208,46 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     return result
 
 
+PEAK = "gemm_peak"  # the GEMM probe's key among a case's timed callables
+
+
+def case_stats(
+    timing: Timing, reference: Timing, peak: Timing, flops: float, peak_flops: float
+) -> dict[str, float]:
+    """One provider's row: its absolute times, and its speed-up over the reference and
+    fraction of the GEMM peak as medians (q20, q80) of per-round ratios; the probe's own
+    GFLOP/s in this case's rounds beside them."""
+    stats = timing.summary()
+    speedup = ratio_summary(reference.samples, timing.samples)
+    # fraction of peak in round i = (flops / t_i) / (peak_flops / t_peak_i)
+    fraction = ratio_summary(peak.samples, timing.samples, flops / peak_flops)
+    return {
+        **stats,
+        "gflops": flops / (stats["median_ms"] * 1e-3) / 1e9,
+        "fraction_of_gemm_peak": fraction["median"],
+        "fraction_of_gemm_peak_q20": fraction["q20"],
+        "fraction_of_gemm_peak_q80": fraction["q80"],
+        "speedup_vs_reference": speedup["median"],
+        "speedup_vs_reference_q20": speedup["q20"],
+        "speedup_vs_reference_q80": speedup["q80"],
+        "gemm_peak_gflops": peak_flops / quantile_summary(peak.samples)["median"] / 1e9,
+    }
+
+
 def label(row: dict[str, object]) -> str:
     return f"{row['provider']} ({row['isa']})" if row["isa"] else str(row["provider"])
+
+
+def with_isa_path(path: str | None, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn, called with PHA_CPU_ISA=path (fn itself when path is None)."""
+    if path is None:
+        return fn
+
+    def run():
+        with isa_path(path):
+            return fn()
+
+    return run
 
 
 @contextlib.contextmanager
@@ -210,17 +270,22 @@ def isa_path(path: str | None):
 def print_table(result: dict[str, object]) -> None:
     peaks = result["gemm_peak_gflops"]
     print(f"machine: {result['machine']}")
-    print("GEMM peak (same run): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(
+        "GEMM peak (median of the run's probes): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+    )
     head = f"{'B,T,d,r,G':>18} {'dtype':>5} {'mode':>7} {'provider':>17} {'median ms':>10} "
-    head += f"{'q20':>8} {'q80':>8} {'GFLOP/s':>8} {'%peak':>6} {'x ref':>6}"
+    head += f"{'q20':>8} {'q80':>8} {'GFLOP/s':>8} {'%peak (q20-q80)':>16} {'x ref (q20-q80)':>18}"
     print(head)
     for row in result["results"]:
         shape = ",".join(str(v) for v in row["shape"].values())
+        frac = [100 * row[f"fraction_of_gemm_peak{k}"] for k in ("", "_q20", "_q80")]
+        speedup = [row[f"speedup_vs_reference{k}"] for k in ("", "_q20", "_q80")]
         print(
             f"{shape:>18} {row['dtype']:>5} {row['mode']:>7} {label(row):>17} "
             f"{row['median_ms']:10.3f} {row['q20_ms']:8.3f} {row['q80_ms']:8.3f} "
-            f"{row['gflops']:8.1f} {100 * row['fraction_of_gemm_peak']:5.0f}% "
-            f"{row['speedup_vs_reference']:6.2f}"
+            f"{row['gflops']:8.1f} {frac[0]:5.0f}% ({frac[1]:3.0f}-{frac[2]:3.0f}) "
+            f"{speedup[0]:6.2f} ({speedup[1]:4.2f}-{speedup[2]:4.2f})"
         )
 
 

@@ -1,7 +1,8 @@
 """What every benchmark here shares: one timing loop (median and 20/80 % quantiles of
-repeats), the oneDNN GEMM peak of each dtype measured in the same run, and the facts of
-the machine a run came from (CPU model, ISA flags, pha's kernel path, torch, threads,
-load). The benchmarks are scripts: each puts this directory on sys.path to import it.
+repeats), interleaved timing of several callables with paired per-round ratios, the oneDNN
+GEMM peak of each dtype measured in the same run, and the facts of the machine a run came
+from (CPU model, ISA flags, pha's kernel path, torch, threads, load). The benchmarks are
+scripts: each puts this directory on sys.path to import it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,18 @@ CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # /proc/cpuinfo flags that decide which kernels run (the rest is noise in a JSON).
 _ISA_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c")
+
+
+def quantile_summary(values: Sequence[float]) -> dict[str, float]:
+    """Median and 20/80 % quantiles (inclusive method; one value is all three)."""
+    if not values:
+        raise ValueError("quantile_summary: values must not be empty")
+    q = (
+        statistics.quantiles(values, n=10, method="inclusive")
+        if len(values) > 1
+        else [values[0]] * 9
+    )
+    return {"median": statistics.median(values), "q20": q[1], "q80": q[7]}
 
 
 @dataclass
@@ -31,14 +44,63 @@ class Timing:
     cpu_s: float
 
     def summary(self) -> dict[str, float]:
-        s = self.samples
-        q = statistics.quantiles(s, n=10, method="inclusive") if len(s) > 1 else s * 9
+        q = quantile_summary(self.samples)
         return {
-            "median_ms": statistics.median(s) * 1e3,
-            "q20_ms": q[1] * 1e3,
-            "q80_ms": q[7] * 1e3,
+            "median_ms": q["median"] * 1e3,
+            "q20_ms": q["q20"] * 1e3,
+            "q80_ms": q["q80"] * 1e3,
             "cpu_ms": self.cpu_s * 1e3,
         }
+
+
+def round_order(names: Sequence[str], round_index: int) -> list[str]:
+    """The order of one round: `names` rotated by the round's index, so no callable always
+    runs first (cold caches) or right after the same neighbour."""
+    k = round_index % len(names) if names else 0
+    return [*names[k:], *names[:k]]
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int,
+    min_sample_s: float = 0.0,
+    sync: Callable[[], None] = lambda: None,
+    clock: str = "wall",
+    warmup: int = 1,
+) -> dict[str, Timing]:
+    """Times several callables round-robin: `warmup` untimed calls of each, then `rounds`
+    rounds in which every callable gives one sample (the mean over enough calls to last
+    min_sample_s on `clock`: "wall", or "thread", this thread's CPU time). Sample i of every
+    callable comes from round i, so ratios between them can be taken per round
+    (paired_ratios): drift of a shared machine between rounds cancels out of them."""
+    now = CLOCKS[clock]
+    if rounds < 1:
+        raise ValueError(f"measure_interleaved: rounds must be >= 1, got {rounds}")
+    names = list(fns)
+    calls = {}
+    for name in names:
+        fn = fns[name]
+        for _ in range(warmup):  # allocations, thread pool, caches, compilation
+            fn()
+        sync()
+        n, start = 0, now()
+        while n < 1 or now() - start < min_sample_s:
+            fn()
+            n += 1
+        sync()
+        calls[name] = n
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu = dict.fromkeys(names, 0.0)
+    for i in range(rounds):
+        for name in round_order(names, i):
+            fn, n = fns[name], calls[name]
+            cpu_start, start = time.process_time(), now()
+            for _ in range(n):
+                fn()
+            sync()
+            samples[name].append((now() - start) / n)
+            cpu[name] += time.process_time() - cpu_start
+    return {name: Timing(samples[name], cpu[name] / (calls[name] * rounds)) for name in names}
 
 
 def measure(
@@ -51,29 +113,32 @@ def measure(
 ) -> Timing:
     """Times fn(): `warmup` untimed calls, then `repeats` samples, each averaging enough
     calls to last min_sample_s on `clock` ("wall", or "thread": this thread's CPU time)."""
-    now = CLOCKS[clock]
-    for _ in range(warmup):  # allocations, thread pool, caches, compilation
-        fn()
-    sync()
-    calls, start = 0, now()
-    while calls < 1 or now() - start < min_sample_s:
-        fn()
-        calls += 1
-    sync()
-    samples, cpu_start = [], time.process_time()
-    for _ in range(repeats):
-        start = now()
-        for _ in range(calls):
-            fn()
-        sync()
-        samples.append((now() - start) / calls)
-    return Timing(samples, (time.process_time() - cpu_start) / (calls * repeats))
+    return measure_interleaved({"fn": fn}, repeats, min_sample_s, sync, clock, warmup)["fn"]
 
 
-def gemm_peak(dtype: torch.dtype, device: torch.device, quick: bool = False) -> float:
-    """GFLOP/s of a large vendor GEMM (M=4096, K=N=768; oneDNN on CPU, as
+def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> list[float]:
+    """numerator[i] / denominator[i] for each round i of measure_interleaved."""
+    if len(numerator) != len(denominator):
+        raise ValueError(
+            f"paired_ratios: one value per round on both sides, got {len(numerator)} "
+            f"and {len(denominator)}"
+        )
+    return [a / b for a, b in zip(numerator, denominator)]
+
+
+def ratio_summary(
+    numerator: Sequence[float], denominator: Sequence[float], scale: float = 1.0
+) -> dict[str, float]:
+    """Median and 20/80 % quantiles of scale * numerator[i] / denominator[i] over rounds."""
+    return quantile_summary([scale * v for v in paired_ratios(numerator, denominator)])
+
+
+def gemm_probe(
+    dtype: torch.dtype, device: torch.device, quick: bool = False
+) -> tuple[Callable[[], object], float, Callable[[], None]]:
+    """(fn, flops per call, sync) of a large vendor GEMM (M=4096, K=N=768; oneDNN on CPU, as
     torch.ops.mkldnn._linear_pointwise, which uses AMX or AVX512_BF16 where they exist):
-    the yardstick for "% of peak"."""
+    the yardstick for "% of peak", to time alone (gemm_peak) or beside other callables."""
     m, k, n = (256, 128, 128) if quick else (4096, 768, 768)
     a = torch.randn(m, k, dtype=dtype, device=device)
     w = torch.randn(n, k, dtype=dtype, device=device)
@@ -91,8 +156,14 @@ def gemm_peak(dtype: torch.dtype, device: torch.device, quick: bool = False) -> 
         def sync():
             torch.cuda.synchronize(device)
 
+    return fn, 2.0 * m * k * n, sync
+
+
+def gemm_peak(dtype: torch.dtype, device: torch.device, quick: bool = False) -> float:
+    """GFLOP/s of gemm_probe timed now."""
+    fn, flops, sync = gemm_probe(dtype, device, quick)
     timing = measure(fn, 3 if quick else 9, 0.002 if quick else 0.1, sync)
-    return 2 * m * k * n / statistics.median(timing.samples) / 1e9
+    return flops / statistics.median(timing.samples) / 1e9
 
 
 def gemm_peaks(device: torch.device, quick: bool = False) -> dict[str, float]:
