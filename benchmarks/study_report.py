@@ -117,14 +117,23 @@ def paired_table(pairs: dict, size_label: str, reference: str, what: str) -> lis
     return [f"{reference} − each other method, paired by {what}:", "", *lines]
 
 
+POOLED = "pooled"
+
+
 def seed_pairs(scores: Scores, reference: str) -> dict:
-    """(other, size) -> the reference − other difference paired by seed."""
-    return {
-        (m, n): paired(scores[(reference, n)], scores[(m, n)])
-        for m in _methods(scores, reference)[1:]
-        for n in _sizes(scores)
-        if (reference, n) in scores and (m, n) in scores
-    }
+    """(other, size) -> the reference − other difference paired by seed; with two sizes or
+    more in common, also (other, POOLED): paired by (size, seed) over all of them, one test
+    of the average difference across sizes with the power of every run."""
+    out = {}
+    for m in _methods(scores, reference)[1:]:
+        shared = [n for n in _sizes(scores) if (reference, n) in scores and (m, n) in scores]
+        for n in shared:
+            out[(m, n)] = paired(scores[(reference, n)], scores[(m, n)])
+        if len(shared) > 1:
+            ref, other = ({(n, s): v for n in shared for s, v in scores[(k, n)].items()}
+                          for k in (reference, m))  # fmt: skip
+            out[(m, POOLED)] = paired(ref, other)
+    return out
 
 
 def task_pairs(cells: Cells, reference: str) -> dict:

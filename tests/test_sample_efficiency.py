@@ -391,6 +391,24 @@ def test_pairing_by_task_uses_the_seeds_both_methods_have(study):
     assert by_seed.diff.n == 1 and by_seed.diff.mean == pytest.approx(0.2)
 
 
+def test_pooled_pairs_span_every_size_both_methods_have(study):
+    """The pooled row pairs by (size, seed) over the shared sizes only; a method at one size
+    gets no pooled row (it would repeat that size's)."""
+    report = study.study_report
+    scores = {
+        ("pha", 16): {"0": 0.5, "1": 0.6},
+        ("pha", 32): {"0": 0.7, "1": 0.8},
+        ("pha", 100): {"0": 0.9},
+        ("adapter", 16): {"0": 0.4, "1": 0.6},
+        ("adapter", 32): {"0": 0.6, "1": 0.5},
+        ("probe", 100): {"0": 0.8},
+    }
+    pairs = report.seed_pairs(scores, "pha")
+    pooled = pairs[("adapter", report.POOLED)]
+    assert pooled.diff.n == 4 and pooled.diff.mean == pytest.approx((0.1 + 0.0 + 0.1 + 0.3) / 4)
+    assert ("probe", report.POOLED) not in pairs and ("probe", 100) in pairs
+
+
 def test_lora_baseline_takes_pha_trains_step_floor():
     """baselines.py lora: --epochs is raised until each LoRA takes --min-steps steps (at
     n=16 a fixed 15 epochs would be 15 steps); a budget already past the floor is kept."""
