@@ -64,8 +64,10 @@ exist) and writes, named after --out, results/sample_efficiency.md with
 sample_efficiency.png (average over tasks vs n_train, one line per method, 95% CI bands)
 and sample_efficiency_tasks.png (the same per task), and few_shot_transfer.png. Statistics: mean ± sample std and the 95% t interval over seeds;
 --reference (pha) − each other method paired by seed (same seed = same training
-examples): mean difference, 95% CI, paired t-test p-value, significant at 0.05; the same
-per task, and paired by task (seed-averaged per-task scores).
+examples): mean difference, 95% CI, paired t-test p-value, significant at 0.05, and the
+p-value Holm-adjusted over every comparison of its table; pooled over all the sizes two
+methods share (paired by size and seed); the same per task, and paired by task
+(seed-averaged per-task scores).
 """
 
 from __future__ import annotations

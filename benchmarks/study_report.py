@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-from study_stats import Summary, fmt_p, fmt_paired, fmt_summary, paired, summarize
+from study_stats import Summary, fmt_p, fmt_paired, fmt_summary, holm, paired, summarize
 
 # (method, size) -> seed -> task -> score
 Cells = dict[tuple[str, int], dict[str, dict[str, float]]]
@@ -103,17 +103,19 @@ def summary_table(scores: Scores, size_label: str, reference: str) -> list[str]:
     return lines
 
 
-PAIRED_HEADER = "| mean difference | 95% CI | p (paired t) | significant at 0.05 | pairs |"
+PAIRED_HEADER = "| mean difference | 95% CI | p (paired t) | significant at 0.05 | pairs | p, Holm over the table |"
 
 
 def paired_table(pairs: dict, size_label: str, reference: str, what: str) -> list[str]:
-    """One row per (other method, size) of the reference − other difference."""
-    lines = [f"| {reference} − | {size_label} " + PAIRED_HEADER, "|---" * 7 + "|"]
-    for (other, n), d in pairs.items():
-        if d is not None:
-            lines.append(f"| {other} | {n} | " + " | ".join(fmt_paired(d)) + " |")
-    if len(lines) == 2:
+    """One row per (other method, size) of the reference − other difference, with its p
+    adjusted for every comparison of the table (Holm)."""
+    rows = [(other, n, d) for (other, n), d in pairs.items() if d is not None]
+    if not rows:
         return []
+    adjusted = holm([d.p for _, _, d in rows])
+    lines = [f"| {reference} − | {size_label} " + PAIRED_HEADER, "|---" * 8 + "|"]
+    for (other, n, d), p_holm in zip(rows, adjusted, strict=True):
+        lines.append(f"| {other} | {n} | " + " | ".join([*fmt_paired(d), fmt_p(p_holm)]) + " |")
     return [f"{reference} − each other method, paired by {what}:", "", *lines]
 
 

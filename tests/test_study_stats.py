@@ -68,3 +68,13 @@ def test_no_test_without_two_distinct_differences():
     same = study_stats.paired({"0": 0.7, "1": 0.8}, {"0": 0.6, "1": 0.7})  # sd of diffs = 0
     assert math.isnan(same.p) and not same.significant
     assert study_stats.paired({"0": 0.7}, {"1": 0.6}) is None
+
+
+def test_holm_adjusts_within_the_family_and_keeps_order():
+    """Holm on (0.01, nan, 0.04, 0.03): sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06,
+    0.04 -> made monotone 0.03, 0.06, 0.06; NaN stays out of the family."""
+    adjusted = study_stats.holm([0.01, math.nan, 0.04, 0.03])
+    assert adjusted[0] == pytest.approx(0.03) and math.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(0.06) and adjusted[3] == pytest.approx(0.06)
+    assert study_stats.holm([0.6, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert study_stats.holm([]) == []
