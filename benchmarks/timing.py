@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,11 +54,13 @@ class Timing:
         }
 
 
-def round_order(names: Sequence[str], round_index: int) -> list[str]:
-    """The order of one round: `names` rotated by the round's index, so no callable always
-    runs first (cold caches) or right after the same neighbour."""
-    k = round_index % len(names) if names else 0
-    return [*names[k:], *names[:k]]
+def round_order(names: Sequence[Hashable], round_index: int) -> list[Hashable]:
+    """The order of one round: `names` shuffled by a generator seeded with the round's
+    index (the same every run), so no callable always runs first (cold caches) or right
+    after the same neighbour (a rotation would keep each one's predecessor)."""
+    order = list(names)
+    random.Random(round_index).shuffle(order)
+    return order
 
 
 def measure_interleaved(
