@@ -27,7 +27,14 @@ def _adapter_bars(data: dict) -> list[tuple[str, float, str]]:
         label = (
             f"adapter {s['B']}x{s['T']}x{s['d']} r{s['r']} {kind}\n{r['dtype']} {r['mode']}{isa}"
         )
-        bars.append((label, r["speedup_vs_reference"], f"{100 * r['fraction_of_gemm_peak']:.0f}%"))
+        note = f"{100 * r['fraction_of_gemm_peak']:.0f}%"
+        if (
+            "speedup_vs_reference_q20" in r
+        ):  # paired per-round ratios (bench_adapter since issue 13)
+            note = (
+                f"[{r['speedup_vs_reference_q20']:.2f}-{r['speedup_vs_reference_q80']:.2f}] {note}"
+            )
+        bars.append((label, r["speedup_vs_reference"], note))
     return bars
 
 
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> Path:
     ax.set_xscale("log")
     ax.set_xlim(right=max(b[1] for b in bars) * 3)  # room for the labels
     ax.set_xlabel(
-        "C++ speed-up over the eager reference (log); % = share of the same dtype's GEMM peak"
+        "C++ speed-up over the eager reference (log) [q20-q80 of per-round ratios]; "
+        "% = share of the same dtype's GEMM peak"
     )
     ax.set_title(f"fused ops ({adapter['machine']['threads']} threads)", fontsize=10)
 
