@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-from study_stats import Summary, fmt_p, fmt_paired, fmt_summary, holm, paired, summarize
+from study_stats import Paired, Summary, fmt_p, fmt_paired, fmt_summary, holm, paired, summarize
 
 # (method, size) -> seed -> task -> score
 Cells = dict[tuple[str, int], dict[str, dict[str, float]]]
@@ -150,6 +150,46 @@ def task_pairs(cells: Cells, reference: str) -> dict:
                 ref, other = by_task(cells, (reference, n), seeds), by_task(cells, (m, n), seeds)
                 out[(m, n)] = paired(ref, other)
     return out
+
+
+def _seeds_cell(seeds: dict[str, float] | None) -> str:
+    if not seeds:
+        return "—"
+    s = summarize(list(seeds.values()))
+    return fmt_summary(s) + ("" if s.n == 1 else f" ({s.n})")
+
+
+def _pair_cell(d: Paired | None) -> str:
+    if d is None:
+        return "—"
+    s = d.diff
+    if s.n == 1:
+        return f"{100 * s.mean:+.1f} (1 seed)"
+    return f"{100 * s.mean:+.1f} [{100 * s.low:+.1f}, {100 * s.high:+.1f}], p {fmt_p(d.p)}"
+
+
+def glance_table(scores: Scores, size_label: str, reference: str, methods: list[str]) -> list[str]:
+    """The headline: `methods` (in that order; those without runs left out) x sizes, mean ±
+    std [95% CI] (seeds), then the reference − method paired by seed at each size and
+    pooled over sizes."""
+    sizes = _sizes(scores)
+    pairs = seed_pairs(scores, reference)
+    head = [f"{size_label}={n}" for n in sizes]
+    diffs = [f"{reference} − method, {size_label}={n}" for n in sizes] + [
+        f"{reference} − method, pooled"
+    ]
+    lines = [
+        "| method | " + " | ".join(head + diffs) + " |",
+        "|---" * (1 + len(head + diffs)) + "|",
+    ]
+    for m in (m for m in methods if any(mm == m for mm, _ in scores)):
+        cells = [_seeds_cell(scores.get((m, n))) for n in sizes]
+        if m != reference:
+            cells += [_pair_cell(pairs.get((m, n))) for n in [*sizes, POOLED]]
+        else:
+            cells += [""] * (len(sizes) + 1)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def per_task_tables(cells: Cells, size_label: str, reference: str) -> list[str]:
@@ -318,8 +358,11 @@ def report(args: argparse.Namespace) -> str:
     rows = read_rows(args.out)
     lines = ["# Sample efficiency", "", f"From {args.out.name}; {args.reference} is paired "
              "against each method on the same seeds (the same training examples).", ""]  # fmt: skip
-    lines += study_section(rows, "n_train", "n", args.reference, args.metric)
     cells = collect(rows, "n_train", args.metric)
+    lines += [f"At a glance: average test {args.metric} over tasks (%), mean ± std [95% CI] "
+              f"(seeds); {args.reference} − method paired by seed [95% CI], p", ""]  # fmt: skip
+    lines += glance_table(task_average(cells), "n", args.reference, args.methods)
+    lines += ["", *study_section(rows, "n_train", "n", args.reference, args.metric)]
     ylabel = f"test {args.metric} (%)"
     plot_average(plt, task_average(cells), args.reference, stem.with_name(stem.name + ".png"),
                  "training examples per task", f"average {ylabel}")  # fmt: skip

@@ -409,6 +409,27 @@ def test_pooled_pairs_span_every_size_both_methods_have(study):
     assert ("probe", report.POOLED) not in pairs and ("probe", 100) in pairs
 
 
+def test_glance_table_rows_follow_the_methods_given(study):
+    """Rows in --methods order, methods without runs left out; the reference row has no
+    differences; a method at one seed gets the single difference, not an interval."""
+    report = study.study_report
+    scores = {
+        ("pha", 16): {"0": 0.5, "1": 0.6},
+        ("pha", 32): {"0": 0.7, "1": 0.8},
+        ("adapter", 16): {"0": 0.4, "1": 0.6},
+        ("adapter", 32): {"0": 0.6, "1": 0.5},
+        ("lora", 32): {"0": 0.9},
+    }
+    lines = report.glance_table(scores, "n", "pha", ["lora", "pha", "full", "adapter"])
+    assert lines[0].endswith("| pha − method, pooled |")
+    lora, pha, adapter = ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    assert [lora[0], pha[0], adapter[0]] == ["lora", "pha", "adapter"]  # full: no runs
+    assert lora[1:3] == ["—", "90.0 (1 seed)"] and lora[4] == "-20.0 (1 seed)"
+    assert pha[3:] == ["", "", ""]
+    assert adapter[1] == "50.0 ± 14.1 [-77.1, 177.1] (2)"
+    assert adapter[5].startswith("+12.5 [")  # pooled: 0.1, 0.0 at n=16; 0.1, 0.3 at n=32
+
+
 def test_lora_baseline_takes_pha_trains_step_floor():
     """baselines.py lora: --epochs is raised until each LoRA takes --min-steps steps (at
     n=16 a fixed 15 epochs would be 15 steps); a budget already past the floor is kept."""
