@@ -35,6 +35,7 @@ from torch import nn
 from pha.backbones import load_backbone
 from pha.data import DEFAULT_TASKS, Collator, head, load_tasks, metrics
 from pha.evaluate import format_table
+from pha.files import atomic_write
 from pha.modules import masked_mean
 from pha.train import linear_schedule
 from pha.train_config import COMMON_DEFAULTS
@@ -274,9 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, path)  # atomically: a reader sees a whole file or none
+        atomic_write(path, json.dumps(summary, indent=2).encode())  # never a torn file
     return results
 
 

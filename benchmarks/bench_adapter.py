@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from timing import (  # noqa: E402
     measure_interleaved,
     quantile_summary,
     ratio_summary,
+    write_json,
 )
 
 # (B, T, d, r, G): per-instance encoder-style, the PHA decoder (task-indexed), long thin.
@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "results": rows,
     }
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return result
 

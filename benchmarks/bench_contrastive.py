@@ -32,7 +32,7 @@ import torch
 import pha
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import gemm_peaks, machine_info, measure  # noqa: E402
+from timing import gemm_peaks, machine_info, measure, write_json  # noqa: E402
 
 D = 64
 FULL = {"B": (128, 1024, 4096, 16384), "K": (8, 1000), "repeats": 7}
@@ -171,8 +171,7 @@ def run(config: dict, json_path: Path) -> list[dict]:
         "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), quick=config is QUICK),
         "memory_method": "child process, MALLOC_MMAP_THRESHOLD_=65536, VmHWM after - VmHWM at reset",
     }
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"meta": meta, "results": records}, indent=1))
+    write_json(json_path, {"meta": meta, "results": records})
     return records
 
 

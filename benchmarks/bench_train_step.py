@@ -40,7 +40,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from timing import CLOCKS, Timing, gemm_peaks, machine_info  # noqa: E402
+from timing import CLOCKS, Timing, gemm_peaks, machine_info, write_json  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
 METHODS = ("adapter", "pha", "release")
@@ -341,14 +341,13 @@ def main(argv=None) -> list[dict]:
                           f"{r['median_ms']:9.1f} ms {r['peak_mib']:8.1f} MiB",
                           file=sys.stderr, flush=True)  # fmt: skip
     print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": {**machine_info(), "timer": args.timer},
         "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), args.quick),
         "results": results,
         "ratios": ratios(results),
     }
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(args.out, payload)
     print(f"wrote {args.out}")
     return results
 

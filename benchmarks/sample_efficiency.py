@@ -297,7 +297,7 @@ def run_flags(flags: list[str], out_dir: Path) -> dict:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path.unlink(missing_ok=True)
-    marker.write_text(json.dumps(flags))
+    study_report.write_text(marker, json.dumps(flags))
     cmd = command(flags, out_dir)
     print("$", " ".join(cmd), flush=True)
     start = time.time()

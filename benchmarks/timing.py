@@ -1,12 +1,14 @@
 """What every benchmark here shares: one timing loop (median and 20/80 % quantiles of
 repeats), interleaved timing of several callables with paired per-round ratios, the oneDNN
-GEMM peak of each dtype measured in the same run, and the facts of the machine a run came
-from (CPU model, ISA flags, pha's kernel path, torch, threads, load). The benchmarks are
-scripts: each puts this directory on sys.path to import it.
+GEMM peak of each dtype measured in the same run, the facts of the machine a run came
+from (CPU model, ISA flags, pha's kernel path, torch, threads, load), and the atomic write
+of the results JSON. The benchmarks are scripts: each puts this directory on sys.path to
+import it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -15,8 +17,11 @@ import sys
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from pha.files import atomic_write
 
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -212,3 +217,10 @@ def machine_info(device: torch.device | None = None) -> dict[str, object]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def write_json(path: Path, payload: object) -> Path:
+    """The results JSON, written atomically (pha.files.atomic_write: a temporary file
+    beside it, then os.replace), so a killed or failed run never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -94,3 +97,18 @@ def test_bench_adapter_rows_use_per_round_ratios():
     assert row["fraction_of_gemm_peak"] == pytest.approx(0.375)
     assert row["median_ms"] == pytest.approx(2000.0)
     assert row["gflops"] == pytest.approx(1.5) and row["gemm_peak_gflops"] == pytest.approx(4.0)
+
+
+def test_write_json_is_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "results" / "bench.json"
+    assert timing.write_json(out, {"rows": [1, 2]}) == out  # makes the directory
+    assert json.loads(out.read_text()) == {"rows": [1, 2]}
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="disk is full"):
+        timing.write_json(out, {"rows": [3]})
+    assert json.loads(out.read_text()) == {"rows": [1, 2]}  # the old file, whole
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # no temporary left
