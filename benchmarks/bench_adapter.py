@@ -38,10 +38,12 @@ from timing import (  # noqa: E402
     DTYPES,
     Timing,
     gemm_probe,
+    gflops,
     machine_info,
     measure_interleaved,
-    quantile_summary,
-    ratio_summary,
+    paired_stats,
+    probe_peaks,
+    summary_fields,
     write_json,
 )
 
@@ -183,10 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                             ),
                         }
                     )
-    peaks = {
-        dname: probes[dname][1] / quantile_summary(samples)["median"] / 1e9
-        for dname, samples in peak_samples.items()
-    }
+    peaks = probe_peaks(probes, peak_samples)
     result = {
         "machine": {
             **machine_info(device),
@@ -216,20 +215,13 @@ def case_stats(
     """One provider's row: its absolute times, and its speed-up over the reference and
     fraction of the GEMM peak as medians (q20, q80) of per-round ratios; the probe's own
     GFLOP/s in this case's rounds beside them."""
-    stats = timing.summary()
-    speedup = ratio_summary(reference.samples, timing.samples)
-    # fraction of peak in round i = (flops / t_i) / (peak_flops / t_peak_i)
-    fraction = ratio_summary(peak.samples, timing.samples, flops / peak_flops)
+    paired = paired_stats(timing, reference, peak, flops, peak_flops)
     return {
-        **stats,
-        "gflops": flops / (stats["median_ms"] * 1e-3) / 1e9,
-        "fraction_of_gemm_peak": fraction["median"],
-        "fraction_of_gemm_peak_q20": fraction["q20"],
-        "fraction_of_gemm_peak_q80": fraction["q80"],
-        "speedup_vs_reference": speedup["median"],
-        "speedup_vs_reference_q20": speedup["q20"],
-        "speedup_vs_reference_q80": speedup["q80"],
-        "gemm_peak_gflops": peak_flops / quantile_summary(peak.samples)["median"] / 1e9,
+        **timing.summary(),
+        "gflops": gflops(flops, timing),
+        **summary_fields("fraction_of_gemm_peak", paired["fraction_of_gemm_peak"]),
+        **summary_fields("speedup_vs_reference", paired["speedup"]),
+        "gemm_peak_gflops": paired["gemm_peak_gflops"],
     }
 
 

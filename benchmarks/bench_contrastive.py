@@ -2,8 +2,12 @@
 
 Providers: "eager" is the PHA release's formulation (B x B score matrix and masks,
 pha.ops.reference) and every available kernel backend (cpp on CPU). Each case times
-loss.backward() on fresh leaves (median and 20/80 % quantiles over repeats) and measures
-the extra peak resident memory of one forward+backward over the inputs.
+loss.backward() on fresh leaves of every provider and a oneDNN GEMM probe of each dtype
+round-robin, one sample of each per round (timing.measure_interleaved): median and 20/80 %
+quantiles of each one's time, and two paired ratios, the speed-up over eager and the
+fraction of the fp32 GEMM peak, each the median (q20-q80) of the per-round ratios, so that
+drift of a shared machine between rounds cancels out. It also measures the extra peak
+resident memory of one forward+backward over the inputs.
 
 Memory method: one child process (so that the parent's timing runs leave no freed pages
 behind) with MALLOC_MMAP_THRESHOLD_=65536, so that every allocation of 64 KiB or more
@@ -32,11 +36,11 @@ import torch
 import pha
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import gemm_peaks, machine_info, measure, write_json  # noqa: E402
+import timing  # noqa: E402
 
 D = 64
-FULL = {"B": (128, 1024, 4096, 16384), "K": (8, 1000), "repeats": 7}
-QUICK = {"B": (128,), "K": (8,), "repeats": 2}
+FULL = {"B": (128, 1024, 4096, 16384), "K": (8, 1000), "repeats": 9, "min_sample_s": 0.05}
+QUICK = {"B": (128,), "K": (8,), "repeats": 2, "min_sample_s": 0.002}
 LOSSES = ("supcon", "prototype")
 # The eager release formulation holds several [B, B] (supcon) or [B, K] fp32 matrices at
 # once (~25 bytes per score); past this budget (B = 16384: 6+ GiB) it does not fit beside
@@ -78,18 +82,61 @@ def step(loss: str, provider: str, z, protos, labels) -> None:
     out.backward()
 
 
-def time_case(loss, provider, b, k, repeats) -> dict:
-    inputs = make_case(b, k)
-    timing = measure(lambda: step(loss, provider, *inputs), repeats)
-    stats = timing.summary()
-    return {
+def step_flops(loss: str, b: int, k: int) -> float:
+    """Forward+backward FLOPs of the loss's score GEMM: B x N x D forward (N = B for
+    supcon, K for prototype) and two of that size backward, 2 per multiply-add."""
+    return 6.0 * b * (b if loss == "supcon" else k) * D
+
+
+def case_row(
+    measured: timing.Timing,
+    eager: timing.Timing | None,
+    peak: timing.Timing,
+    flops: float,
+    peak_flops: float,
+) -> dict[str, float]:
+    """One provider's timing fields: its times (old field names: p20/p80), GFLOP/s, and
+    the paired ratios over rounds of the fraction of the fp32 GEMM peak and, beside an
+    eager timing of the same case (not for eager itself), the speed-up over it."""
+    stats = measured.summary()
+    paired = timing.paired_stats(measured, eager, peak, flops, peak_flops)
+    row = {
         "median_ms": stats["median_ms"],
         "p20_ms": stats["q20_ms"],
         "p80_ms": stats["q80_ms"],
         # CPU time of the process (all threads): on a busy machine it leaves out the time
         # spent waiting for a core, which the wall-clock median does not.
         "cpu_ms": stats["cpu_ms"],
+        "gflops": timing.gflops(flops, measured),
+        **timing.summary_fields("fraction_of_gemm_peak", paired["fraction_of_gemm_peak"]),
+        "gemm_peak_gflops": paired["gemm_peak_gflops"],
     }
+    if eager is not None:
+        row.update(timing.summary_fields("speedup_vs_eager", paired["speedup"]))
+        row["cpu_speedup_vs_eager"] = eager.cpu_s / measured.cpu_s
+    return row
+
+
+def time_case(loss: str, b: int, k: int, config: dict, probes: dict) -> tuple[dict, dict]:
+    """Every provider of one case that fits, and the GEMM probes, timed interleaved:
+    ({provider: row fields or a skip reason}, {dtype: probe Timing})."""
+    inputs = make_case(b, k)
+    skipped = {p: r for p in providers() if (r := skip_reason(loss, p, b, k))}
+    fns = {p: (lambda p=p: step(loss, p, *inputs)) for p in providers() if p not in skipped}
+    fns.update({f"gemm_{dname}": probe[0] for dname, probe in probes.items()})
+    timings = timing.measure_interleaved(fns, config["repeats"], config["min_sample_s"])
+    eager = timings.get("eager")
+    rows = {p: {"skipped": reason} for p, reason in skipped.items()}
+    for p in providers():
+        if p not in skipped:
+            rows[p] = case_row(
+                timings[p],
+                eager if p != "eager" else None,
+                timings["gemm_fp32"],
+                step_flops(loss, b, k),
+                probes["fp32"][1],
+            )
+    return rows, {dname: timings[f"gemm_{dname}"] for dname in probes}
 
 
 def _status_kib(field: str) -> int:
@@ -133,17 +180,23 @@ def memory_in_child(cases) -> list[float]:
 
 
 def run(config: dict, json_path: Path) -> list[dict]:
+    cpu = torch.device("cpu")
+    probes = {
+        dname: timing.gemm_probe(dtype, cpu, config is QUICK)
+        for dname, dtype in timing.DTYPES.items()
+    }
+    peak_samples = {dname: [] for dname in timing.DTYPES}  # seconds per probe call, all rounds
     records, mem_cases = [], []
     for b in config["B"]:
         for k in config["K"]:
             for loss in LOSSES:
+                rows, probe_timings = time_case(loss, b, k, config, probes)
+                for dname, probe_timing in probe_timings.items():
+                    peak_samples[dname] += probe_timing.samples
                 for provider in providers():
                     rec = {"loss": loss, "B": b, "K": k, "D": D, "provider": provider}
-                    reason = skip_reason(loss, provider, b, k)
-                    if reason:
-                        rec["skipped"] = reason
-                    else:
-                        rec.update(time_case(loss, provider, b, k, config["repeats"]))
+                    rec.update(rows[provider])
+                    if "skipped" not in rec:
                         mem_cases.append((loss, provider, b, k))
                     records.append(rec)
                     print(_progress(rec), file=sys.stderr, flush=True)
@@ -161,17 +214,20 @@ def run(config: dict, json_path: Path) -> list[dict]:
             if (r["loss"], r["B"], r["K"], r["provider"])
             == (rec["loss"], rec["B"], rec["K"], "eager")
         )
-        if "median_ms" in rec and "median_ms" in eager and rec["provider"] != "eager":
-            rec["speedup_vs_eager"] = eager["median_ms"] / rec["median_ms"]
-            rec["cpu_speedup_vs_eager"] = eager["cpu_ms"] / rec["cpu_ms"]
-            if eager["extra_peak_mib"] >= MIN_MIB_FOR_RATIO:
-                rec["memory_vs_eager"] = rec["extra_peak_mib"] / eager["extra_peak_mib"]
+        big_enough = eager.get("extra_peak_mib", 0) >= MIN_MIB_FOR_RATIO
+        if rec["provider"] != "eager" and "extra_peak_mib" in rec and big_enough:
+            rec["memory_vs_eager"] = rec["extra_peak_mib"] / eager["extra_peak_mib"]
     meta = {
-        **machine_info(),
-        "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), quick=config is QUICK),
+        **timing.machine_info(),
+        "gemm_peak_gflops": timing.probe_peaks(probes, peak_samples),
+        "gemm_peak_note": "median over every round of the run's GEMM probes of that dtype",
+        "ratios_note": "speedup_vs_eager and fraction_of_gemm_peak (fp32) are medians of "
+        "per-round ratios (eager, each backend and the GEMM probes timed round-robin), with "
+        "their 20/80 % quantiles in *_q20 / *_q80; cpu_speedup_vs_eager is a ratio of means",
+        "flops_note": "6*B*N*D per forward+backward, N = B (supcon) or K (prototype)",
         "memory_method": "child process, MALLOC_MMAP_THRESHOLD_=65536, VmHWM after - VmHWM at reset",
     }
-    write_json(json_path, {"meta": meta, "results": records})
+    timing.write_json(json_path, {"meta": meta, "results": records})
     return records
 
 
@@ -180,23 +236,31 @@ def _progress(rec: dict) -> str:
     return f"{rec['loss']} B={rec['B']} K={rec['K']} {rec['provider']}: {what}"
 
 
+def _with_span(r: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
+    """ "median (q20-q80)" of a paired ratio's fields."""
+    m, lo, hi = (scale * r[key + q] for q in ("", "_q20", "_q80"))
+    return f"{m:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+
+
 def table(records: list[dict]) -> str:
     head = (
         "| loss | B | K | provider | fwd+bwd ms (p20-p80) | CPU ms | extra peak MiB "
-        "| speed-up | CPU-time speed-up | memory vs eager |"
+        "| speed-up (q20-q80) | CPU-time speed-up | % fp32 peak (q20-q80) | memory vs eager |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in records:
         row = f"| {r['loss']} | {r['B']} | {r['K']} | {r['provider']} "
         if "skipped" in r:
-            lines.append(row + f"| {r['skipped']} |" + " |" * 5)
+            lines.append(row + f"| {r['skipped']} |" + " |" * 6)
             continue
-        speed = f"{r['speedup_vs_eager']:.1f}x" if "speedup_vs_eager" in r else ""
+        speed = _with_span(r, "speedup_vs_eager") if "speedup_vs_eager" in r else ""
+        peak = _with_span(r, "fraction_of_gemm_peak", scale=100, digits=1)
         cpu_speed = f"{r['cpu_speedup_vs_eager']:.1f}x" if "cpu_speedup_vs_eager" in r else ""
         mem = f"{100 * r['memory_vs_eager']:.1f} %" if "memory_vs_eager" in r else ""
         lines.append(
             row + f"| {r['median_ms']:.2f} ({r['p20_ms']:.2f}-{r['p80_ms']:.2f}) "
-            f"| {r['cpu_ms']:.2f} | {r['extra_peak_mib']:.1f} | {speed} | {cpu_speed} | {mem} |"
+            f"| {r['cpu_ms']:.2f} | {r['extra_peak_mib']:.1f} | {speed} | {cpu_speed} | {peak} "
+            f"| {mem} |"
         )
     return "\n".join(lines)
 

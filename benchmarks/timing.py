@@ -141,6 +141,33 @@ def ratio_summary(
     return quantile_summary([scale * v for v in paired_ratios(numerator, denominator)])
 
 
+def summary_fields(name: str, summary: Mapping[str, float]) -> dict[str, float]:
+    """A ratio_summary as JSON fields: name (the median), name_q20, name_q80."""
+    return {name: summary["median"], f"{name}_q20": summary["q20"], f"{name}_q80": summary["q80"]}
+
+
+def gflops(flops: float, timing: Timing) -> float:
+    """GFLOP/s of a callable doing `flops` per call, at its median time."""
+    return flops / statistics.median(timing.samples) / 1e9
+
+
+def paired_stats(
+    timing: Timing, baseline: Timing | None, peak: Timing, flops: float, peak_flops: float
+) -> dict[str, object]:
+    """Paired ratios of callables timed together by measure_interleaved, each the median
+    (q20, q80) of the per-round ratios: the speed-up of `timing` over `baseline` (left out
+    when there is none), and its fraction of the GEMM peak (the probe `peak` doing
+    peak_flops per call); and the probe's own GFLOP/s in these rounds."""
+    stats: dict[str, object] = {
+        # fraction of peak in round i = (flops / t_i) / (peak_flops / t_peak_i)
+        "fraction_of_gemm_peak": ratio_summary(peak.samples, timing.samples, flops / peak_flops),
+        "gemm_peak_gflops": gflops(peak_flops, peak),
+    }
+    if baseline is not None:
+        stats["speedup"] = ratio_summary(baseline.samples, timing.samples)
+    return stats
+
+
 def gemm_probe(
     dtype: torch.dtype, device: torch.device, quick: bool = False
 ) -> tuple[Callable[[], object], float, Callable[[], None]]:
@@ -165,6 +192,14 @@ def gemm_probe(
             torch.cuda.synchronize(device)
 
     return fn, 2.0 * m * k * n, sync
+
+
+def probe_peaks(
+    probes: Mapping[str, tuple[object, float, object]], samples: Mapping[str, Sequence[float]]
+) -> dict[str, float]:
+    """{dtype: GFLOP/s} of each gemm_probe at the median of its samples (seconds per
+    call) over every round of a run."""
+    return {name: probes[name][1] / statistics.median(samples[name]) / 1e9 for name in samples}
 
 
 def gemm_peak(dtype: torch.dtype, device: torch.device, quick: bool = False) -> float:

@@ -360,6 +360,13 @@ def test_benchmark_quick(tmp_path):
     # the kernel updates VmHWM lazily, so a case that allocates nothing reads a few KiB
     # either side of 0 (CI saw -0.0 MiB); a broken measurement is off by far more
     assert all(r["median_ms"] > 0 and r["extra_peak_mib"] > -0.5 for r in results)
+    # paired ratios (interleaved with the GEMM probes): median within its q20-q80
+    for r in results:
+        for key in ("fraction_of_gemm_peak", "speedup_vs_eager"):
+            if r["provider"] != "eager" or key == "fraction_of_gemm_peak":
+                assert 0 < r[f"{key}_q20"] <= r[key] <= r[f"{key}_q80"]
+    meta = json.loads(out.read_text())["meta"]
+    assert set(meta["gemm_peak_gflops"]) == {"fp32", "bf16"} and "isa_flags" in meta
 
 
 def test_portable_kernels_match_reference():

@@ -99,6 +99,39 @@ def test_bench_adapter_rows_use_per_round_ratios():
     assert row["gflops"] == pytest.approx(1.5) and row["gemm_peak_gflops"] == pytest.approx(4.0)
 
 
+def test_paired_stats_without_a_baseline_and_probe_peaks():
+    backend = timing.Timing([2.0, 4.0, 2.0], cpu_s=0.0)
+    peak = timing.Timing([1.0, 2.0, 1.0], cpu_s=0.0)
+    stats = timing.paired_stats(backend, None, peak, flops=3e9, peak_flops=4e9)
+    assert "speedup" not in stats
+    assert stats["fraction_of_gemm_peak"]["median"] == pytest.approx(0.375)
+    assert timing.summary_fields("x", {"median": 1.0, "q20": 0.5, "q80": 2.0}) == {
+        "x": 1.0, "x_q20": 0.5, "x_q80": 2.0
+    }  # fmt: skip
+    probes = {"fp32": (None, 4e9, None), "bf16": (None, 8e9, None)}
+    peaks = timing.probe_peaks(probes, {"fp32": [1.0, 2.0, 4.0], "bf16": [1.0]})
+    assert peaks == pytest.approx({"fp32": 2.0, "bf16": 8.0})  # at the median sample
+
+
+def test_bench_contrastive_rows_use_per_round_ratios():
+    bench = _load("bench_contrastive")
+    assert bench.step_flops("supcon", 128, 8) == 6 * 128 * 128 * bench.D
+    assert bench.step_flops("prototype", 128, 8) == 6 * 128 * 8 * bench.D
+    # Round 1 ran on a slower machine: every callable took three times as long.
+    eager = timing.Timing([6.0, 18.0, 6.0], cpu_s=6.0)
+    cpp = timing.Timing([2.0, 6.0, 2.0], cpu_s=3.0)
+    peak = timing.Timing([1.0, 3.0, 1.0], cpu_s=1.0)
+    row = bench.case_row(cpp, eager, peak, flops=1e9, peak_flops=4e9)
+    assert row["speedup_vs_eager"] == row["speedup_vs_eager_q20"] == pytest.approx(3.0)
+    assert row["speedup_vs_eager_q80"] == pytest.approx(3.0)
+    assert row["cpu_speedup_vs_eager"] == pytest.approx(2.0)
+    assert row["fraction_of_gemm_peak"] == pytest.approx(0.125)  # (1e9 / 2) / (4e9 / 1)
+    assert row["median_ms"] == pytest.approx(2000.0) and row["p80_ms"] > row["p20_ms"]
+    assert row["gemm_peak_gflops"] == pytest.approx(4.0)
+    own = bench.case_row(eager, None, peak, flops=1e9, peak_flops=4e9)  # eager's own row
+    assert "speedup_vs_eager" not in own and "cpu_speedup_vs_eager" not in own
+
+
 def test_write_json_is_atomic(tmp_path, monkeypatch):
     out = tmp_path / "results" / "bench.json"
     assert timing.write_json(out, {"rows": [1, 2]}) == out  # makes the directory
