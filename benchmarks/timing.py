@@ -1,9 +1,10 @@
-"""What every benchmark here shares: one timing loop (median and 20/80 % quantiles of
-repeats), interleaved timing of several callables with paired per-round ratios, the oneDNN
-GEMM peak of each dtype measured in the same run, the facts of the machine a run came
-from (CPU model, ISA flags, pha's kernel path, torch, threads, load), and the atomic write
-of the results JSON. The benchmarks are scripts: each puts this directory on sys.path to
-import it.
+"""What every benchmark here shares: one timing loop, in which several callables take
+turns round by round (median and 20/80 % quantiles of each one's samples, and paired
+per-round ratios between them), a oneDNN GEMM probe of each dtype to time beside them (the
+GEMM peak, measured in the same rounds), the facts of the machine a run came from (CPU
+model, ISA flags, pha's kernel path, torch, threads, load), and the atomic write of the
+results JSON. The benchmarks are scripts: each puts this directory on sys.path to import
+it.
 """
 
 from __future__ import annotations
@@ -111,19 +112,6 @@ def measure_interleaved(
     return {name: Timing(samples[name], cpu[name] / (calls[name] * rounds)) for name in names}
 
 
-def measure(
-    fn: Callable[[], object],
-    repeats: int,
-    min_sample_s: float = 0.0,
-    sync: Callable[[], None] = lambda: None,
-    clock: str = "wall",
-    warmup: int = 1,
-) -> Timing:
-    """Times fn(): `warmup` untimed calls, then `repeats` samples, each averaging enough
-    calls to last min_sample_s on `clock` ("wall", or "thread": this thread's CPU time)."""
-    return measure_interleaved({"fn": fn}, repeats, min_sample_s, sync, clock, warmup)["fn"]
-
-
 def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> list[float]:
     """numerator[i] / denominator[i] for each round i of measure_interleaved."""
     if len(numerator) != len(denominator):
@@ -173,7 +161,7 @@ def gemm_probe(
 ) -> tuple[Callable[[], object], float, Callable[[], None]]:
     """(fn, flops per call, sync) of a large vendor GEMM (M=4096, K=N=768; oneDNN on CPU, as
     torch.ops.mkldnn._linear_pointwise, which uses AMX or AVX512_BF16 where they exist):
-    the yardstick for "% of peak", to time alone (gemm_peak) or beside other callables."""
+    the yardstick for "% of peak", timed beside the callables it is compared with."""
     m, k, n = (256, 128, 128) if quick else (4096, 768, 768)
     a = torch.randn(m, k, dtype=dtype, device=device)
     w = torch.randn(n, k, dtype=dtype, device=device)
@@ -200,18 +188,6 @@ def probe_peaks(
     """{dtype: GFLOP/s} of each gemm_probe at the median of its samples (seconds per
     call) over every round of a run."""
     return {name: probes[name][1] / statistics.median(samples[name]) / 1e9 for name in samples}
-
-
-def gemm_peak(dtype: torch.dtype, device: torch.device, quick: bool = False) -> float:
-    """GFLOP/s of gemm_probe timed now."""
-    fn, flops, sync = gemm_probe(dtype, device, quick)
-    timing = measure(fn, 3 if quick else 9, 0.002 if quick else 0.1, sync)
-    return flops / statistics.median(timing.samples) / 1e9
-
-
-def gemm_peaks(device: torch.device, quick: bool = False) -> dict[str, float]:
-    """{"fp32": GFLOP/s, "bf16": GFLOP/s} measured now."""
-    return {name: gemm_peak(dtype, device, quick) for name, dtype in DTYPES.items()}
 
 
 def _cpuinfo() -> tuple[str | None, list[str]]:

@@ -78,12 +78,6 @@ def test_measure_interleaved_takes_one_sample_of_each_per_round():
         timing.measure_interleaved(fns, rounds=0)
 
 
-def test_measure_is_one_callable_interleaved():
-    calls = []
-    result = timing.measure(lambda: calls.append(1), repeats=3, warmup=1)
-    assert len(result.samples) == 3 and len(calls) == 1 + 1 + 3
-
-
 def test_bench_adapter_rows_use_per_round_ratios():
     bench = _load("bench_adapter")
     # Rounds 1 and 3 ran on a slower machine: every callable took twice as long.
