@@ -62,7 +62,8 @@ and run directory, beside the MiniLM grid:
 --report reads only the CSVs (--out, and --transfer-out and --task-free-csv when they
 exist) and writes, named after --out, results/sample_efficiency.md with
 sample_efficiency.png (average over tasks vs n_train, one line per method, 95% CI bands)
-and sample_efficiency_tasks.png (the same per task), and few_shot_transfer.png. Statistics: mean ± sample std and the 95% t interval over seeds;
+sample_efficiency_tasks.png (the same per task), sample_efficiency_differences.png (PHA −
+method vs n_train with 95% intervals) and few_shot_transfer.png. Statistics: mean ± sample std and the 95% t interval over seeds;
 --reference (pha) − each other method paired by seed (same seed = same training
 examples): mean difference, 95% CI, paired t-test p-value, significant at 0.05, and the
 p-value Holm-adjusted over every comparison of its table; pooled over all the sizes two

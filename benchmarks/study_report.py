@@ -275,6 +275,35 @@ def plot_average(plt, scores: Scores, reference: str, path: Path, xlabel: str, y
     plt.close(fig)
 
 
+def plot_differences(
+    plt, scores: Scores, reference: str, path: Path, xlabel: str, ylabel: str
+) -> None:
+    """reference − method paired by seed vs size, one line per plotted method with its 95%
+    interval as error bars: whether the reference's lead grows as the data shrinks."""
+    pairs = seed_pairs(scores, reference)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    others = [m for m in plotted(scores, reference) if m != reference]
+    for k, m in enumerate(others):
+        sizes = [n for n in _sizes(scores) if pairs.get((m, n)) is not None]
+        diffs = [pairs[(m, n)].diff for n in sizes]
+        # nudge each method sideways (log axis: a factor) so the error bars do not overlap
+        xs = [n * 1.03 ** (k - (len(others) - 1) / 2) for n in sizes]
+        ys = [100 * d.mean for d in diffs]
+        err = [[100 * (d.mean - d.low) if d.n > 1 else 0.0 for d in diffs],
+               [100 * (d.high - d.mean) if d.n > 1 else 0.0 for d in diffs]]  # fmt: skip
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, lw=1.2, label=f"{reference} − {m}")
+    ax.axhline(0, color="black", lw=0.8)
+    _size_axis(ax, _sizes(scores))
+    ax.grid(alpha=0.3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("paired by seed: mean difference, 95% t interval", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_tasks(plt, cells: Cells, reference: str, path: Path, xlabel: str, ylabel: str) -> None:
     tasks = sorted({t for seeds in cells.values() for per in seeds.values() for t in per})
     cols = min(4, len(tasks))
@@ -366,6 +395,9 @@ def report(args: argparse.Namespace) -> str:
     ylabel = f"test {args.metric} (%)"
     plot_average(plt, task_average(cells), args.reference, stem.with_name(stem.name + ".png"),
                  "training examples per task", f"average {ylabel}")  # fmt: skip
+    plot_differences(plt, task_average(cells), args.reference,
+                     stem.with_name(stem.name + "_differences.png"), "training examples per task",
+                     f"{args.reference} − method, average {ylabel}")  # fmt: skip
     plot_tasks(plt, cells, args.reference, stem.with_name(stem.name + "_tasks.png"),
                "training examples per task", ylabel)  # fmt: skip
     if args.transfer_out.exists():

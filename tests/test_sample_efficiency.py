@@ -271,6 +271,7 @@ def test_report_averages_tasks_per_seed_then_seeds_and_pairs_by_seed(study, tmp_
     assert table in (tmp_path / "se.md").read_text() + "\n"  # named after the CSV
     assert (tmp_path / "se.png").stat().st_size > 0
     assert (tmp_path / "se_tasks.png").stat().st_size > 0
+    assert (tmp_path / "se_differences.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="has no 'macro_f1' score"):
         study.main([*args, "--metric", "macro_f1"])
 
