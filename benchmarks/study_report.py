@@ -402,9 +402,11 @@ def report(args: argparse.Namespace) -> str:
                "training examples per task", ylabel)  # fmt: skip
     if args.transfer_out.exists():
         t_rows = read_rows(args.transfer_out)
+        t_scores = task_average(collect(t_rows, "k_shot", args.metric))
         lines += ["", "## Few-shot transfer to held-out tasks", ""]
-        lines += study_section(t_rows, "k_shot", "k", "pha_transfer", args.metric)
-        plot_average(plt, task_average(collect(t_rows, "k_shot", args.metric)), "pha_transfer",
+        lines += glance_table(t_scores, "k", "pha_transfer", _methods(t_scores, "pha_transfer"))
+        lines += ["", *study_section(t_rows, "k_shot", "k", "pha_transfer", args.metric)]
+        plot_average(plt, t_scores, "pha_transfer",
                      args.transfer_out.with_suffix(".png"), "examples per held-out task (k)",
                      f"average {ylabel}")  # fmt: skip
     if args.task_free_csv.exists():
