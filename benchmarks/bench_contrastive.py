@@ -6,8 +6,10 @@ loss.backward() on fresh leaves of every provider and a oneDNN GEMM probe of eac
 round-robin, one sample of each per round (timing.measure_interleaved): median and 20/80 %
 quantiles of each one's time, and two paired ratios, the speed-up over eager and the
 fraction of the fp32 GEMM peak, each the median (q20-q80) of the per-round ratios, so that
-drift of a shared machine between rounds cancels out. It also measures the extra peak
-resident memory of one forward+backward over the inputs.
+drift of a shared machine between rounds cancels out. Freed memory is kept for reuse
+while timing, as pha.train runs (pha/allocator.py): eager's B x B matrices come from the
+heap rather than from freshly faulted pages. It also measures the extra peak resident
+memory of one forward+backward over the inputs.
 
 Memory method: one child process (so that the parent's timing runs leave no freed pages
 behind) with MALLOC_MMAP_THRESHOLD_=65536, so that every allocation of 64 KiB or more
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 
 import pha
+from pha.allocator import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import timing  # noqa: E402
@@ -180,6 +183,7 @@ def memory_in_child(cases) -> list[float]:
 
 
 def run(config: dict, json_path: Path) -> list[dict]:
+    freed_memory_kept = keep_freed_memory()  # the memory child sets MALLOC_* itself
     cpu = torch.device("cpu")
     probes = {
         dname: timing.gemm_probe(dtype, cpu, config is QUICK)
@@ -219,6 +223,7 @@ def run(config: dict, json_path: Path) -> list[dict]:
             rec["memory_vs_eager"] = rec["extra_peak_mib"] / eager["extra_peak_mib"]
     meta = {
         **timing.machine_info(),
+        "freed_memory_kept": freed_memory_kept,
         "gemm_peak_gflops": timing.probe_peaks(probes, peak_samples),
         "gemm_peak_note": "median over every round of the run's GEMM probes of that dtype",
         "ratios_note": "speedup_vs_eager and fraction_of_gemm_peak (fp32) are medians of "

@@ -367,6 +367,7 @@ def test_benchmark_quick(tmp_path):
                 assert 0 < r[f"{key}_q20"] <= r[key] <= r[f"{key}_q80"]
     meta = json.loads(out.read_text())["meta"]
     assert set(meta["gemm_peak_gflops"]) == {"fp32", "bf16"} and "isa_flags" in meta
+    assert isinstance(meta["freed_memory_kept"], bool)
 
 
 def test_portable_kernels_match_reference():
