@@ -58,3 +58,12 @@ def test_train_step_panel(tmp_path, with_flops):
     (tmp_path / "bench_train_step.json").write_text(json.dumps({"results": rows}))
     out = _plot_module().main(["--results", str(tmp_path), "--out", str(tmp_path / "p.png")])
     assert out.stat().st_size > 0
+
+
+def test_bar_notes_show_the_paired_spans_where_the_rows_have_them():
+    plot = _plot_module()
+    paired = {"speedup_vs_eager": 4.5, "speedup_vs_eager_q20": 4.21, "speedup_vs_eager_q80": 4.76,
+              "fraction_of_gemm_peak": 0.49}  # fmt: skip
+    assert plot._note(paired, "speedup_vs_eager") == "[4.21-4.76] 49%"
+    assert plot._note({"speedup_vs_eager": 4.5}, "speedup_vs_eager") == ""  # an older JSON
+    assert plot._note({"fraction_of_gemm_peak": 0.5}, "speedup_vs_reference") == "50%"
