@@ -266,9 +266,14 @@ def _draw(ax, scores: Scores, reference: str, linewidth: float) -> None:
 def plot_average(plt, scores: Scores, reference: str, path: Path, xlabel: str, ylabel: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     _draw(ax, scores, reference, 1.5)
+    _save_single(plt, fig, ax, path, xlabel, ylabel, "mean over seeds, 95% t interval bands")
+
+
+def _save_single(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, title, legend and write a one-axes figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title("mean over seeds, 95% t interval bands", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -295,13 +300,9 @@ def plot_differences(
     ax.axhline(0, color="black", lw=0.8)
     _size_axis(ax, _sizes(scores))
     ax.grid(alpha=0.3)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title("paired by seed: mean difference, 95% t interval", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_single(
+        plt, fig, ax, path, xlabel, ylabel, "paired by seed: mean difference, 95% t interval"
+    )
 
 
 def plot_tasks(plt, cells: Cells, reference: str, path: Path, xlabel: str, ylabel: str) -> None:
