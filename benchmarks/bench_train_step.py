@@ -203,7 +203,7 @@ def measure_time(spec: dict) -> dict[str, dict]:
     # model shares PHAModel.forward's code object, and past dynamo's recompile limit (8)
     # later measurements would silently run it eagerly.
     torch._dynamo.reset()
-    keys = [f"{m}/{v}" for v in spec["variants"] for m in METHODS]
+    keys = [f"{m}/{v}" for v in spec["variants"] for m in spec["methods"]]
     trainers = {}
     for key in keys:
         method, variant = key.split("/")
@@ -307,6 +307,12 @@ def main(argv=None) -> list[dict]:
         help=f"comma-separated subset of {','.join(VARIANTS)} (default: all, in one run)",
     )
     ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated subset of {','.join(METHODS)} (default: all; the ratios to "
+        "the adapter step need adapter)",
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -344,6 +350,9 @@ def main(argv=None) -> list[dict]:
         ap.error(
             f"--variants: expected a comma-separated subset of {VARIANTS}, got {args.variants}"
         )
+    methods = args.methods.split(",")
+    if not methods or set(methods) - set(METHODS):
+        ap.error(f"--methods: expected a comma-separated subset of {METHODS}, got {args.methods}")
     measure = (lambda kind, spec: MEASURES[kind](spec)) if args.in_process else run_child
     results, peaks = [], []
     for backbone in backbones:
@@ -351,10 +360,10 @@ def main(argv=None) -> list[dict]:
             spec = dict(backbone=backbone, batch=batch, seq_len=seq_len, warmup=warmup,
                         repeats=repeats, threads=args.threads, quick=args.quick,
                         timer=args.timer)  # fmt: skip
-            timed = measure("time", {**spec, "variants": variants})
+            timed = measure("time", {**spec, "variants": variants, "methods": methods})
             peaks.append(timed["gemm_peak_gflops"])
             for variant in variants:
-                for method in METHODS:
+                for method in methods:
                     mem = measure("memory", {**spec, "method": method, "variant": variant})
                     r = {**spec, "method": method, "variant": variant,
                          **timed["steps"][f"{method}/{variant}"], **mem}  # fmt: skip
