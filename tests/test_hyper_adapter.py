@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import pha
 from pha.ops import reference
+from pha.ops.hyper_adapter import compute_dtype as hyper_adapter_dtype
 
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 ARGS = ("x", "w_down", "b_down", "w_up", "b_up")
@@ -257,6 +258,52 @@ def test_autocast_bf16_with_fp32_weights(backend, compiled):
     assert all(g.dtype == torch.float32 and g.isfinite().all() for g in grads)
     ref = reference.hyper_adapter(x.bfloat16(), *(p.bfloat16() for p in params), index=ids)
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+def test_compute_dtype():
+    x = torch.randn(2, 3, 4)
+    assert hyper_adapter_dtype(x) == torch.float32
+    assert hyper_adapter_dtype(x.double()) == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert hyper_adapter_dtype(x) == torch.bfloat16
+        assert hyper_adapter_dtype(x.bfloat16()) == torch.bfloat16
+        assert hyper_adapter_dtype(x.double()) == torch.float64
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_generated_weights_reach_the_op_uncast_under_autocast(backend):
+    """Under autocast an fp32 activation meets bf16 weights from an autocast hypernetwork:
+    apply_generated_adapter hands them to the op as they are (only x is cast), with the
+    output and gradients of the fp32 round trip it used to make (an exact one)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pha.methods.generated import ADAPTER_TENSORS, apply_generated_adapter
+
+    if backend != "reference":
+        require(backend, "hyper_adapter")
+
+    class CountCasts(TorchDispatchMode):
+        casts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.casts += func is torch.ops.aten._to_copy.default
+            return func(*args, **(kwargs or {}))
+
+    (x, *tensors), _ = make_inputs(4, 5, 16, 8, 3)
+    index = torch.tensor([2, 0, 2, 1])
+    leaves = [t.bfloat16()[None].requires_grad_() for t in tensors]  # [sites=1, G, ...]
+    weights = dict(zip(ADAPTER_TENSORS, leaves))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with CountCasts() as counter:
+            out = apply_generated_adapter(x, weights, 0, index, "relu", backend)
+        assert counter.casts == 1  # x alone
+        round_trip = [w[0].float() for w in leaves]
+        ref = pha.ops.hyper_adapter(x, *round_trip, index=index, backend=backend)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    grads = torch.autograd.grad(out.float().square().sum(), leaves)
+    ref_grads = torch.autograd.grad(ref.float().square().sum(), leaves)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
 
 
 def test_no_grad_path_matches():

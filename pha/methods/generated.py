@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import ops
 from ..modules import Adapter, HyperNetwork
+from ..ops.hyper_adapter import compute_dtype as hyper_adapter_dtype
 from ..peft_model import PHAModel
 from .base import expand_rows
 
@@ -42,7 +43,10 @@ def apply_generated_adapter(
     if weights is None:
         raise RuntimeError("a generated adapter ran before its weights were generated")
     n = x.shape[0]
-    w = [weights[k][site].to(x.dtype) for k in ADAPTER_TENSORS]
+    # In the op's dtype, not x's: under autocast an fp32 x meets weights generated in bf16,
+    # and casting them to fp32 would only be undone inside the op (both ways, every step).
+    dtype = hyper_adapter_dtype(x)
+    w = [weights[k][site].to(dtype) for k in ADAPTER_TENSORS]
     if index is None:
         w = [expand_rows(t, n) for t in w]
     else:

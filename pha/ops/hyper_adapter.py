@@ -102,6 +102,14 @@ def _backward_flops(grad_out_shape, x_shape, w_down_shape, *args, out_shape=None
     return 8 * n * t * d * w_down_shape[2]  # d_hidden, dx, dw_up, dw_down
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype hyper_adapter runs in for activations x: under autocast an fp32 x is
+    cast to the autocast dtype, otherwise x's own. Weights already in it need no cast."""
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def _autocast(tensors: tuple) -> tuple:
     """Under autocast, the fp32 inputs in the autocast dtype, as torch.matmul would take
     them (a bf16 activation meets fp32 master weights in mixed-precision training); the
