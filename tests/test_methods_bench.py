@@ -56,18 +56,23 @@ def test_bench_train_step_quick(tmp_path, capsys):
 
 
 def test_bench_train_step_thread_timer(tmp_path):
-    """--timer thread (CPU time of the stepping thread) is recorded; it needs --threads 1."""
+    """--timer thread (CPU time of the stepping thread) is recorded; it needs --threads 1.
+    --methods times only the methods named."""
     bench = load_bench()
     out = tmp_path / "bench.json"
     common = ["--quick", "--backbones", "tiny-bert", "--repeats", "1", "--in-process"]
     with pytest.raises(SystemExit):
         bench.main([*common, "--timer", "thread", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--methods", "adapter,lora", "--out", str(out)])
     assert not out.exists()
     bench.main([*common, "--timer", "thread", "--threads", "1", "--variants", "fp32",
-                "--out", str(out)])  # fmt: skip
+                "--methods", "adapter,pha", "--out", str(out)])  # fmt: skip
     payload = json.loads(out.read_text())
     assert payload["machine"]["timer"] == "thread"
     assert all(r["timer"] == "thread" and r["median_ms"] > 0 for r in payload["results"])
+    assert [r["method"] for r in payload["results"]] == ["adapter", "pha"]
+    assert payload["results"][1]["median_ms_vs_adapter"] > 0
 
 
 def test_step_rows_use_per_round_ratios():
