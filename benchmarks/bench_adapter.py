@@ -38,12 +38,10 @@ from timing import (  # noqa: E402
     DTYPES,
     Timing,
     gemm_probe,
-    gflops,
     machine_info,
     measure_interleaved,
-    paired_stats,
+    paired_fields,
     probe_peaks,
-    summary_fields,
     write_json,
 )
 
@@ -215,13 +213,9 @@ def case_stats(
     """One provider's row: its absolute times, and its speed-up over the reference and
     fraction of the GEMM peak as medians (q20, q80) of per-round ratios; the probe's own
     GFLOP/s in this case's rounds beside them."""
-    paired = paired_stats(timing, reference, peak, flops, peak_flops)
     return {
         **timing.summary(),
-        "gflops": gflops(flops, timing),
-        **summary_fields("fraction_of_gemm_peak", paired["fraction_of_gemm_peak"]),
-        **summary_fields("speedup_vs_reference", paired["speedup"]),
-        "gemm_peak_gflops": paired["gemm_peak_gflops"],
+        **paired_fields(timing, reference, peak, flops, peak_flops, "speedup_vs_reference"),
     }
 
 

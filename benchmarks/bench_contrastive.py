@@ -102,7 +102,6 @@ def case_row(
     the paired ratios over rounds of the fraction of the fp32 GEMM peak and, beside an
     eager timing of the same case (not for eager itself), the speed-up over it."""
     stats = measured.summary()
-    paired = timing.paired_stats(measured, eager, peak, flops, peak_flops)
     row = {
         "median_ms": stats["median_ms"],
         "p20_ms": stats["q20_ms"],
@@ -110,12 +109,9 @@ def case_row(
         # CPU time of the process (all threads): on a busy machine it leaves out the time
         # spent waiting for a core, which the wall-clock median does not.
         "cpu_ms": stats["cpu_ms"],
-        "gflops": timing.gflops(flops, measured),
-        **timing.summary_fields("fraction_of_gemm_peak", paired["fraction_of_gemm_peak"]),
-        "gemm_peak_gflops": paired["gemm_peak_gflops"],
+        **timing.paired_fields(measured, eager, peak, flops, peak_flops, "speedup_vs_eager"),
     }
     if eager is not None:
-        row.update(timing.summary_fields("speedup_vs_eager", paired["speedup"]))
         row["cpu_speedup_vs_eager"] = eager.cpu_s / measured.cpu_s
     return row
 

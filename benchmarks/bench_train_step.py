@@ -237,7 +237,6 @@ def step_row(
     measured = timings[key]
     fp32 = timings.get(f"{method}/fp32") if variant != "fp32" else None
     peak = timings["gemm_bf16" if variant == "bf16" else "gemm_fp32"]
-    paired = timing.paired_stats(measured, fp32, peak, flops, peak_flops)
     stats = measured.summary()
     row = {
         "median_ms": stats["median_ms"],
@@ -245,16 +244,12 @@ def step_row(
         "p80_ms": stats["q80_ms"],
         "cpu_ms": stats["cpu_ms"],
         "step_gflop": flops / 1e9,
-        "gflops": timing.gflops(flops, measured),
-        "gemm_peak_gflops": paired["gemm_peak_gflops"],
-        **timing.summary_fields("fraction_of_gemm_peak", paired["fraction_of_gemm_peak"]),
+        **timing.paired_fields(measured, fp32, peak, flops, peak_flops, "speedup_vs_fp32"),
     }
     adapter = timings.get(f"adapter/{variant}")
     if method != "adapter" and adapter is not None:
         vs_adapter = timing.ratio_summary(measured.samples, adapter.samples)
         row.update(timing.summary_fields("median_ms_vs_adapter", vs_adapter))
-    if fp32 is not None:
-        row.update(timing.summary_fields("speedup_vs_fp32", paired["speedup"]))
     return row
 
 

@@ -156,6 +156,27 @@ def paired_stats(
     return stats
 
 
+def paired_fields(
+    timing: Timing,
+    baseline: Timing | None,
+    peak: Timing,
+    flops: float,
+    peak_flops: float,
+    speedup_name: str,
+) -> dict[str, float]:
+    """paired_stats as a row's JSON fields: gflops, fraction_of_gemm_peak(_q20/_q80),
+    gemm_peak_gflops and, beside a baseline, speedup_name(_q20/_q80)."""
+    paired = paired_stats(timing, baseline, peak, flops, peak_flops)
+    fields = {
+        "gflops": gflops(flops, timing),
+        **summary_fields("fraction_of_gemm_peak", paired["fraction_of_gemm_peak"]),
+        "gemm_peak_gflops": paired["gemm_peak_gflops"],
+    }
+    if baseline is not None:
+        fields.update(summary_fields(speedup_name, paired["speedup"]))
+    return fields
+
+
 def gemm_probe(
     dtype: torch.dtype, device: torch.device, quick: bool = False
 ) -> tuple[Callable[[], object], float, Callable[[], None]]:
