@@ -101,14 +101,10 @@ def case_row(
     """One provider's timing fields: its times (old field names: p20/p80), GFLOP/s, and
     the paired ratios over rounds of the fraction of the fp32 GEMM peak and, beside an
     eager timing of the same case (not for eager itself), the speed-up over it."""
-    stats = measured.summary()
     row = {
-        "median_ms": stats["median_ms"],
-        "p20_ms": stats["q20_ms"],
-        "p80_ms": stats["q80_ms"],
-        # CPU time of the process (all threads): on a busy machine it leaves out the time
-        # spent waiting for a core, which the wall-clock median does not.
-        "cpu_ms": stats["cpu_ms"],
+        # cpu_ms is the CPU time of the process (all threads): on a busy machine it leaves
+        # out the time spent waiting for a core, which the wall-clock median does not.
+        **measured.step_fields(),
         **timing.paired_fields(measured, eager, peak, flops, peak_flops, "speedup_vs_eager"),
     }
     if eager is not None:

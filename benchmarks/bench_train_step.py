@@ -237,12 +237,8 @@ def step_row(
     measured = timings[key]
     fp32 = timings.get(f"{method}/fp32") if variant != "fp32" else None
     peak = timings["gemm_bf16" if variant == "bf16" else "gemm_fp32"]
-    stats = measured.summary()
     row = {
-        "median_ms": stats["median_ms"],
-        "p20_ms": stats["q20_ms"],
-        "p80_ms": stats["q80_ms"],
-        "cpu_ms": stats["cpu_ms"],
+        **measured.step_fields(),
         "step_gflop": flops / 1e9,
         **timing.paired_fields(measured, fp32, peak, flops, peak_flops, "speedup_vs_fp32"),
     }

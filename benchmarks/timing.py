@@ -59,6 +59,12 @@ class Timing:
             "cpu_ms": self.cpu_s * 1e3,
         }
 
+    def step_fields(self) -> dict[str, float]:
+        """summary() under the field names of the step and loss benchmarks' JSON (p20/p80)."""
+        s = self.summary()
+        return {"median_ms": s["median_ms"], "p20_ms": s["q20_ms"], "p80_ms": s["q80_ms"],
+                "cpu_ms": s["cpu_ms"]}  # fmt: skip
+
 
 def round_order(names: Sequence[Hashable], round_index: int) -> list[Hashable]:
     """The order of one round: `names` shuffled by a generator seeded with the round's
