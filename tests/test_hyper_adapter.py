@@ -306,6 +306,57 @@ def test_generated_weights_reach_the_op_uncast_under_autocast(backend):
         torch.testing.assert_close(g, r, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_eager_path_is_the_custom_op(dtype):
+    """Plain eager calls run the backend through _EagerHyperAdapter, under a dispatch mode
+    through the custom ops: the same launches, so the same bits, forward and every grad."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pha.ops.hyper_adapter import _needs_custom_op
+
+    require("cpp", "hyper_adapter")
+
+    class Seen(TorchDispatchMode):
+        ops: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func)
+            return func(*args, **(kwargs or {}))
+
+    tensors, index = make_inputs(5, 3, 19, 6, 3, dtype, indexed=True)
+    assert not _needs_custom_op(tuple(tensors))
+    grad_out = torch.randn(5, 3, 19, dtype=dtype)
+    eager = run_backend("cpp", tensors, index, "gelu", grad_out)
+    with Seen() as seen:
+        assert _needs_custom_op(tuple(tensors))
+        custom = run_backend("cpp", tensors, index, "gelu", grad_out)
+    assert torch.ops.pha.hyper_adapter_fwd.default in seen.ops
+    assert torch.ops.pha.hyper_adapter_bwd.default in seen.ops
+    for a, b in zip([eager[0], *eager[1]], [custom[0], *custom[1]]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_flop_counter_sees_the_eager_call():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    require("cpp", "hyper_adapter")
+    (x, *weights), index = make_inputs(4, 5, 16, 8, 3, indexed=True)
+    x.requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        pha.ops.hyper_adapter(x, *weights, index=index, backend="cpp").sum().backward()
+    assert counter.get_total_flops() == 12 * 4 * 5 * 16 * 8
+
+
+def test_eager_backward_is_once_differentiable():
+    require("cpp", "hyper_adapter")
+    (x, *weights), _ = make_inputs(2, 3, 16, 8, 2)
+    x.requires_grad_(True)
+    out = pha.ops.hyper_adapter(x, *weights, backend="cpp")
+    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
 def test_no_grad_path_matches():
     require("cpp", "hyper_adapter")
     tensors, index = make_inputs(3, 4, 16, 8, 2, indexed=True)
