@@ -6,7 +6,11 @@ torch.ops.mkldnn._linear_pointwise on CPU, torch.mm on GPU) round-robin, one sam
 per round (timing.measure_interleaved), and reports each one's median time with its 20/80 %
 quantiles and GFLOP/s, and two paired ratios: the speed-up over the reference and the
 fraction of the GEMM peak, each the median (q20-q80) of the per-round ratios, so that
-drift of a shared machine between rounds cancels out. Prints a table and writes JSON.
+drift of a shared machine between rounds cancels out. A third paired ratio,
+speedup_vs_shared, is against the plain shared adapter (one weight set for every
+instance: two oneDNN GEMMs of the same FLOPs, as pha/modules/adapter.py runs it), timed
+in the same rounds: what a generated adapter costs over a shared one. Prints a table and
+writes JSON.
 Freed memory is kept for reuse, as pha.train runs (pha/allocator.py): the outputs of every
 call come from the heap rather than from freshly faulted pages, for eager and C++ alike.
 
@@ -31,6 +35,7 @@ import torch
 import pha
 from pha.allocator import keep_freed_memory
 from pha.ops import _backend, reference
+from pha.ops.reference import activate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import (  # noqa: E402
@@ -42,6 +47,8 @@ from timing import (  # noqa: E402
     measure_interleaved,
     paired_fields,
     probe_peaks,
+    ratio_summary,
+    summary_fields,
     write_json,
 )
 
@@ -102,6 +109,26 @@ def case_fn(provider: str, tensors, index, grad_out, backward: bool) -> Callable
     return run_backward
 
 
+def shared_fn(tensors, grad_out, backward: bool) -> Callable[[], object]:
+    """The shared adapter on the same x: weight set 0 for every instance, plain GEMMs."""
+    leaves = [tensors[0].detach().clone()] + [t[0].detach().clone() for t in tensors[1:]]
+    if backward:
+        for t_ in leaves:
+            t_.requires_grad_(True)
+
+    def run():
+        x, w_down, b_down, w_up, b_up = leaves
+        with torch.set_grad_enabled(backward):
+            out = activate(x @ w_down + b_down, "relu") @ w_up + b_up
+        if backward:
+            for t_ in leaves:
+                t_.grad = None
+            out.backward(grad_out)
+        return out
+
+    return run
+
+
 def providers(device: torch.device) -> list[str]:
     """The reference plus every backend that runs hyper_adapter natively on `device`."""
     names = ["reference"]
@@ -157,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for dname, dtype in DTYPES.items():
             for backward in (False, True):
                 tensors, index, grad_out = make_case(shape, dtype, device, backward)
-                fns = {PEAK: probes[dname][0]}
+                fns = {PEAK: probes[dname][0], SHARED: shared_fn(tensors, grad_out, backward)}
                 for name, path in runs:
                     fns[(name, path)] = with_isa_path(
                         path, case_fn(name, tensors, index, grad_out, backward)
@@ -177,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                             **case_stats(
                                 timings[(name, path)],
                                 timings[("reference", None)],
+                                timings[SHARED],
                                 timings[PEAK],
                                 (12 if backward else 4) * shape[0] * shape[1] * shape[2] * shape[3],
                                 probes[dname][1],
@@ -192,9 +220,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         },
         "gemm_peak_gflops": peaks,
         "gemm_peak_note": "median over every round of the run's GEMM probes of that dtype",
-        "ratios_note": "speedup_vs_reference and fraction_of_gemm_peak are medians of "
-        "per-round ratios (reference, backends and a GEMM probe of the row's dtype timed "
-        "round-robin), with their 20/80 % quantiles in *_q20 / *_q80",
+        "ratios_note": "speedup_vs_reference, speedup_vs_shared and fraction_of_gemm_peak "
+        "are medians of per-round ratios (reference, backends, the shared adapter and a GEMM "
+        "probe of the row's dtype timed round-robin), with their 20/80 % quantiles in *_q20 / "
+        "*_q80; shared = one weight set for all instances, two plain GEMMs (same FLOPs)",
         "flops_note": "fwd = 4*B*T*d*r, fwd+bwd = 12*B*T*d*r (2 per multiply-add)",
         "results": rows,
     }
@@ -205,17 +234,24 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 PEAK = "gemm_peak"  # the GEMM probe's key among a case's timed callables
+SHARED = "shared_adapter"  # the shared adapter's key
 
 
 def case_stats(
-    timing: Timing, reference: Timing, peak: Timing, flops: float, peak_flops: float
+    timing: Timing,
+    reference: Timing,
+    shared: Timing,
+    peak: Timing,
+    flops: float,
+    peak_flops: float,
 ) -> dict[str, float]:
-    """One provider's row: its absolute times, and its speed-up over the reference and
-    fraction of the GEMM peak as medians (q20, q80) of per-round ratios; the probe's own
-    GFLOP/s in this case's rounds beside them."""
+    """One provider's row: its absolute times, and its speed-up over the reference and the
+    shared adapter and its fraction of the GEMM peak as medians (q20, q80) of per-round
+    ratios; the probe's own GFLOP/s in this case's rounds beside them."""
     return {
         **timing.summary(),
         **paired_fields(timing, reference, peak, flops, peak_flops, "speedup_vs_reference"),
+        **summary_fields("speedup_vs_shared", ratio_summary(shared.samples, timing.samples)),
     }
 
 
@@ -261,16 +297,19 @@ def print_table(result: dict[str, object]) -> None:
     )
     head = f"{'B,T,d,r,G':>18} {'dtype':>5} {'mode':>7} {'provider':>17} {'median ms':>10} "
     head += f"{'q20':>8} {'q80':>8} {'GFLOP/s':>8} {'%peak (q20-q80)':>16} {'x ref (q20-q80)':>18}"
+    head += f" {'x shared (q20-q80)':>19}"
     print(head)
     for row in result["results"]:
         shape = ",".join(str(v) for v in row["shape"].values())
         frac = [100 * row[f"fraction_of_gemm_peak{k}"] for k in ("", "_q20", "_q80")]
         speedup = [row[f"speedup_vs_reference{k}"] for k in ("", "_q20", "_q80")]
+        vs_shared = [row[f"speedup_vs_shared{k}"] for k in ("", "_q20", "_q80")]
         print(
             f"{shape:>18} {row['dtype']:>5} {row['mode']:>7} {label(row):>17} "
             f"{row['median_ms']:10.3f} {row['q20_ms']:8.3f} {row['q80_ms']:8.3f} "
             f"{row['gflops']:8.1f} {frac[0]:5.0f}% ({frac[1]:3.0f}-{frac[2]:3.0f}) "
-            f"{speedup[0]:6.2f} ({speedup[1]:4.2f}-{speedup[2]:4.2f})"
+            f"{speedup[0]:6.2f} ({speedup[1]:4.2f}-{speedup[2]:4.2f}) "
+            f"{vs_shared[0]:7.2f} ({vs_shared[1]:4.2f}-{vs_shared[2]:4.2f})"
         )
 
 

@@ -278,7 +278,8 @@ def test_benchmark_quick_runs(tmp_path):
     assert len(rows) == 2 * 2 * 2 * 2  # shapes x dtypes x modes x providers
     for row in rows:
         assert row["q20_ms"] <= row["median_ms"] <= row["q80_ms"] and row["gflops"] > 0
-        for ratio in ("speedup_vs_reference", "fraction_of_gemm_peak"):  # paired per round
+        # paired per round
+        for ratio in ("speedup_vs_reference", "speedup_vs_shared", "fraction_of_gemm_peak"):
             assert row[f"{ratio}_q20"] <= row[ratio] <= row[f"{ratio}_q80"]
     assert "speedup_vs_reference" in rows[0] and "cpp" in proc.stdout
 

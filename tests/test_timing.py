@@ -84,8 +84,10 @@ def test_bench_adapter_rows_use_per_round_ratios():
     reference = timing.Timing([4.0, 8.0, 4.0, 8.0, 4.0], cpu_s=0.0)
     backend = timing.Timing([2.0, 4.0, 2.0, 4.0, 2.0], cpu_s=0.0)
     peak = timing.Timing([1.0, 2.0, 1.0, 2.0, 1.0], cpu_s=0.0)
-    row = bench.case_stats(backend, reference, peak, flops=3e9, peak_flops=4e9)
+    shared = timing.Timing([3.0, 6.0, 3.0, 6.0, 3.0], cpu_s=0.0)
+    row = bench.case_stats(backend, reference, shared, peak, flops=3e9, peak_flops=4e9)
     assert row["speedup_vs_reference"] == row["speedup_vs_reference_q20"] == pytest.approx(2.0)
+    assert row["speedup_vs_shared"] == row["speedup_vs_shared_q80"] == pytest.approx(1.5)
     assert row["speedup_vs_reference_q80"] == pytest.approx(2.0)
     # fraction of peak per round: (3e9 / t) / (4e9 / t_peak) = 0.75 * t_peak / t = 0.375
     assert row["fraction_of_gemm_peak"] == pytest.approx(0.375)
