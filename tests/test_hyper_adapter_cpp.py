@@ -228,6 +228,21 @@ def test_bf16_tile_edges(shape, isa):
     check_backend("cpp", b, t, d, r, g, torch.bfloat16, "gelu", indexed, index)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("segments", [3, 5])
+def test_bf16_forward_by_tile_and_by_segment(threads, segments, isa):
+    """bf16 loads (packs or widens) a set's weights per thread: the forward hands out
+    whole segments once there are two per thread, single tiles below that; both orders
+    (3 segments at 2 threads: tiles; otherwise segments), several tiles per segment."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        index = torch.arange(10) % segments
+        check_backend("cpp", 10, 37, 70, 24, segments, torch.bfloat16, "relu", True, index)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_odd_shapes_every_path(shape, dtype, isa):

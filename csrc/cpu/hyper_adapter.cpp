@@ -238,6 +238,41 @@ void parallel_dynamic(int64_t n, const MakeWorker& make_worker) {
   });
 }
 
+// Segment ids, most token rows first (stable).
+std::vector<int64_t> largest_first(const Plan& p) {
+  std::vector<int64_t> order(p.num_segments());
+  for (int64_t s = 0; s < p.num_segments(); ++s) order[s] = s;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return p.rows(a) > p.rows(b); });
+  return order;
+}
+
+// Whether there are enough segments to hand out whole (two per thread at least).
+bool whole_segments(const Plan& p) { return p.num_segments() >= 2 * at::get_num_threads(); }
+
+// Calls tile_fn(tile) for every token tile, make_worker() giving each thread's tile_fn.
+// By segment (whole segments per task, largest first) a thread runs all tiles of a set
+// in a row, so whatever it loads per set (packed weights) is loaded once per set; else
+// one tile per task, which balances better when there are few segments.
+template <typename MakeWorker>
+void for_each_tile(const Plan& p, bool by_segment, const MakeWorker& make_worker) {
+  if (by_segment) {
+    const std::vector<int64_t> order = largest_first(p);
+    parallel_dynamic(p.num_segments(), [&] {
+      return [&, tile_fn = make_worker()](int64_t i) mutable {
+        const int64_t s = order[i];
+        for (int64_t q0 = 0; q0 < p.rows(s); q0 += kTileRows)
+          tile_fn(Tile{s, q0, std::min(kTileRows, p.rows(s) - q0)});
+      };
+    });
+    return;
+  }
+  const std::vector<Tile> tiles = make_tiles(p);
+  parallel_dynamic(int64_t(tiles.size()), [&] {
+    return [&, tile_fn = make_worker()](int64_t t) mutable { tile_fn(tiles[t]); };
+  });
+}
+
 // A weight set in the accumulation type: the tensors themselves when the dtype matches,
 // else a widened copy in scratch (made once per set per thread, not per tile).
 template <typename scalar_t, typename op_t, typename acc_t>
@@ -334,15 +369,15 @@ void forward_impl(const Plan& p, const scalar_t* x, const scalar_t* wd, const sc
                   const scalar_t* wu, const scalar_t* bu, scalar_t* out, float* hidden, Act act,
                   const GemmOps<op_t, acc_t>& ops) {
   const int64_t d = p.d, r = p.r;
-  const std::vector<Tile> tiles = make_tiles(p);
-  parallel_dynamic(int64_t(tiles.size()), [&] {
+  // Loading a set copies its weights (packed or widened) unless they are used in place.
+  constexpr bool kCopies = !std::is_same_v<scalar_t, op_t> || !std::is_same_v<op_t, acc_t>;
+  for_each_tile(p, kCopies && whole_segments(p), [&] {
     return [&, loaded = int64_t(-1), Wd = (const op_t*)nullptr, Bd = (const acc_t*)nullptr,
-            Wu = (const op_t*)nullptr, Bu = (const acc_t*)nullptr](int64_t t) mutable {
+            Wu = (const op_t*)nullptr, Bu = (const acc_t*)nullptr](const Tile& tile) mutable {
       std::array<const op_t*, kTileRows> in_rows;
       std::array<acc_t*, kTileRows> out_rows;
       std::array<scalar_t*, kTileRows> dst_rows;
       std::array<int64_t, kTileRows> orig;
-      const Tile& tile = tiles[t];
       const int64_t g = p.set[tile.seg], m = tile.rows;
       if (g != loaded) {
         Wd = weight_panel(ops, wd + g * d * r, d, r, kWd);
@@ -531,13 +566,10 @@ struct Backward {
 
   void run() const {
     const int64_t threads = at::get_num_threads(), nseg = p.num_segments();
-    if (nseg >= 2 * threads) {
+    if (whole_segments(p)) {
       // Enough sets to go round: each thread owns whole segments (largest first, handed
       // out dynamically), its token tiles, then its weight gradients.
-      std::vector<int64_t> by_size(nseg);
-      for (int64_t s = 0; s < nseg; ++s) by_size[s] = s;
-      std::stable_sort(by_size.begin(), by_size.end(),
-                       [&](int64_t a, int64_t b) { return p.rows(a) > p.rows(b); });
+      const std::vector<int64_t> by_size = largest_first(p);
       // Operands used in place take the whole width in one slice; widened ones (bf16 on
       // fp32 kernels) go 64 columns at a time through scratch.
       const int64_t width = kDirect ? std::max<int64_t>(1, p.d) : kSliceCols;
@@ -552,9 +584,8 @@ struct Backward {
       return;
     }
     // Few (possibly large) segments: token tiles first, then (set, column slice) tasks.
-    const std::vector<Tile> tiles = make_tiles(p);
-    parallel_dynamic(int64_t(tiles.size()), [&] {
-      return [&, loaded = int64_t(-1)](int64_t t) mutable { tile(tiles[t], loaded); };
+    for_each_tile(p, false, [&] {
+      return [&, loaded = int64_t(-1)](const Tile& t) mutable { tile(t, loaded); };
     });
     const int64_t width = slice_cols((2 * threads + nseg - 1) / nseg);
     const int64_t slices = std::max<int64_t>(1, (p.d + width - 1) / width);
