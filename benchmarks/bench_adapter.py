@@ -52,8 +52,15 @@ from timing import (  # noqa: E402
     write_json,
 )
 
-# (B, T, d, r, G): per-instance encoder-style, the PHA decoder (task-indexed), long thin.
-DEFAULT_SHAPES = ((32, 128, 768, 64, 0), (128, 8, 768, 64, 8), (8, 512, 2048, 16, 0))
+# (B, T, d, r, G): per-instance encoder-style, the PHA decoder (task-indexed), long thin,
+# and the upper adapters of PHA's MiniLM train step (pha.train defaults: batch 32, 64
+# tokens, 8 tasks, r = 64).
+DEFAULT_SHAPES = (
+    (32, 128, 768, 64, 0),
+    (128, 8, 768, 64, 8),
+    (8, 512, 2048, 16, 0),
+    (32, 64, 384, 64, 8),
+)
 DEFAULT_OUT = Path(__file__).parent / "results" / "bench_adapter.json"
 
 
