@@ -46,7 +46,7 @@ def index_tensor(name: str, t: object, length: int, upper: int, what: str) -> to
         raise ValueError(f"{name} must have shape [{length}] ({what}), got {list(t.shape)}")
     # Data-dependent: skipped while tracing (the kernels check the range again themselves).
     if length and not torch.compiler.is_compiling():
-        lo, hi = int(t.min()), int(t.max())
+        lo, hi = (int(v) for v in torch.aminmax(t))
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} values must lie in [0, {upper}), got min {lo}, max {hi}")
     return t.long().contiguous()
