@@ -468,3 +468,36 @@ def test_hyperformer_norm_init_zero_starts_as_the_backbone(family):
             assert not torch.allclose(states, plain, atol=1e-3)
     with pytest.raises(ValueError, match="norm_init"):
         build("hyperformer", family, norm_init="ones")
+
+
+@pytest.mark.parametrize("method", ["pha", "hyperdecoder"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_per_site_views_give_the_stacked_weights_gradients(method, bf16, monkeypatch):
+    """The generated adapters read their site's weights from per_site's views: the loss and
+    every gradient are bit for bit those of indexing the stacked tensors (fp32 and under
+    bf16 autocast)."""
+    import pha.methods.generated as generated
+    from pha.methods.hyperdecoder import model as hyperdecoder_model
+    from pha.methods.pha import model as pha_model
+
+    def run():
+        torch.manual_seed(0)
+        model = build(method, "bert")
+        scramble(model)
+        ids, mask, labels = batch("bert")
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = model(ids, mask, labels=labels, task_ids=TASK_IDS).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in trainable(model).items()}
+
+    views_loss, views = run()
+    assert views["hypernet.generator.heads.w_down.weight"].abs().sum() > 0
+    for module in (pha_model, hyperdecoder_model):
+        monkeypatch.setattr(module, "per_site", lambda weights: weights)  # stacked tensors
+    stacked_loss, stacked = run()
+    assert torch.equal(views_loss, stacked_loss)
+    assert views.keys() == stacked.keys()
+    for name, grad in stacked.items():
+        assert (grad is None) == (views[name] is None), name
+        assert grad is None or torch.equal(views[name], grad), name
+    assert generated.per_site({"w": torch.zeros(3, 2)})["w"][2].shape == (2,)

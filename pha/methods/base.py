@@ -156,7 +156,8 @@ class Context:
     task_ids: torch.Tensor | None  # [B] or None (retrieved at the split, if the method can)
     pool_mask: torch.Tensor | None  # [B, T] tokens the retriever pools
     z: torch.Tensor | None = None  # retriever output [B, e]
-    weights: dict[str, torch.Tensor] | None = None  # generated tensors, [sites, G, ...]
+    # generated tensors, [sites, G, ...] (or their per-site views: generated.per_site)
+    weights: dict[str, Any] | None = None
     index: torch.Tensor | None = None  # [B] into G (None: one set per instance)
     stop_at_split: bool = False
 

@@ -10,6 +10,7 @@ from ..base import Context, expand_rows, register
 from ..generated import (
     attach_generated_upper_adapters,
     attach_shared_lower_adapters,
+    per_site,
     upper_adapter_hypernet,
 )
 from .config import HyperDecoderConfig
@@ -31,4 +32,4 @@ class HyperDecoderModel(PHAModel):
     def at_split(self, ctx: Context, hidden: torch.Tensor) -> None:
         ctx.z = self.retriever(hidden, expand_rows(ctx.pool_mask, hidden.shape[0]))
         if not ctx.stop_at_split:
-            ctx.weights = self.hypernet(ctx.z)
+            ctx.weights = per_site(self.hypernet(ctx.z))

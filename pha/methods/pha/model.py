@@ -11,6 +11,7 @@ from ..base import Context, expand_rows, register
 from ..generated import (
     attach_generated_upper_adapters,
     attach_shared_lower_adapters,
+    per_site,
     tasks_in_batch,
     upper_adapter_hypernet,
 )
@@ -45,7 +46,7 @@ class PrototypeHyperAdapterModel(PHAModel):
             ctx.task_ids = self.prototypes.nearest(ctx.z)[0]
         # Weights depend only on (task, layer): generate them once per task in the batch.
         tasks, ctx.index = tasks_in_batch(ctx.task_ids, len(self.tasks))
-        ctx.weights = self.hypernet(self.prototypes(tasks))
+        ctx.weights = per_site(self.hypernet(self.prototypes(tasks)))
 
     def aux_losses(self, ctx: Context) -> dict[str, torch.Tensor]:
         cfg = self.method_config
