@@ -55,6 +55,15 @@ def _contrastive_bars(data: dict) -> list[tuple[str, float, str]]:
     ]
 
 
+def _vs_adapter(r: dict, adapter_ms: float) -> str:
+    """A step's time relative to the adapter step: the paired per-round ratio with its
+    q20-q80 where the row has it, else (an older JSON) the ratio of the medians."""
+    if "median_ms_vs_adapter" in r:
+        return (f"{r['median_ms_vs_adapter']:.2f}x adapter [{r['median_ms_vs_adapter_q20']:.2f}"
+                f"-{r['median_ms_vs_adapter_q80']:.2f}]")  # fmt: skip
+    return f"{r['median_ms'] / adapter_ms:.2f}x adapter"
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=HERE, help="directory of the bench JSONs")
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> Path:
         for yi, r in zip(y2, steps):
             text = f" {r['median_ms']:.0f} ms"
             if key(r) in base and r["method"] != "adapter":
-                text += f" ({r['median_ms'] / base[key(r)]:.2f}x adapter)"
+                text += f" ({_vs_adapter(r, base[key(r)])})"
             ax2.text(100 * r["fraction_of_gemm_peak"], yi, text, va="center", fontsize=7)
         ax2.set_yticks(y2, labels, fontsize=7)
         ax2.set_xlim(0, max(100, 130 * max(r["fraction_of_gemm_peak"] for r in steps)))

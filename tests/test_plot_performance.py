@@ -67,3 +67,11 @@ def test_bar_notes_show_the_paired_spans_where_the_rows_have_them():
     assert plot._note(paired, "speedup_vs_eager") == "[4.21-4.76] 49%"
     assert plot._note({"speedup_vs_eager": 4.5}, "speedup_vs_eager") == ""  # an older JSON
     assert plot._note({"fraction_of_gemm_peak": 0.5}, "speedup_vs_reference") == "50%"
+
+
+def test_train_step_labels_give_the_paired_ratio_to_the_adapter():
+    plot = _plot_module()
+    paired = {"median_ms": 789.0, "median_ms_vs_adapter": 1.04, "median_ms_vs_adapter_q20": 0.99,
+              "median_ms_vs_adapter_q80": 1.17}  # fmt: skip
+    assert plot._vs_adapter(paired, 674.0) == "1.04x adapter [0.99-1.17]"  # not 789 / 674
+    assert plot._vs_adapter({"median_ms": 720.0}, 700.0) == "1.03x adapter"  # an older JSON
