@@ -55,7 +55,8 @@ and run directory, beside the MiniLM grid:
 
     python benchmarks/sample_efficiency.py --model smollm2 --methods pha,adapter \
         --n-train 32,100 --seeds 0,1,2 --tasks tweet_sentiment,rt_polarity,rt_subjectivity,bbc_topic \
-        --out results/smollm2.csv --runs-dir runs/sample_efficiency_smollm2
+        --out results/smollm2.csv --runs-dir runs/sample_efficiency_smollm2 \
+        -- --precision bf16 --n-val 50
     python benchmarks/sample_efficiency.py --report --out results/smollm2.csv \
         --transfer-out none --task-free-csv none
 
