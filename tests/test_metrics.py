@@ -23,8 +23,9 @@ labels_and_preds = st.integers(1, 60).flatmap(
 def test_classification_metrics_match_sklearn(case):
     y, p = case
     assert metrics.accuracy(p, y) == pytest.approx(sklearn.metrics.accuracy_score(y, p))
+    classes = sorted(set(y) | set(p) - {-1})  # an unparsed answer is not a class
     assert metrics.macro_f1(p, y) == pytest.approx(
-        sklearn.metrics.f1_score(y, p, average="macro", zero_division=0)
+        sklearn.metrics.f1_score(y, p, average="macro", labels=classes, zero_division=0)
     )
     assert metrics.mcc(p, y) == pytest.approx(sklearn.metrics.matthews_corrcoef(y, p), abs=1e-12)
 
@@ -55,6 +56,11 @@ def test_known_values():
     assert metrics.mcc([0, 1, 0, 1], [0, 1, 0, 1]) == 1.0
     assert metrics.mcc([0, 0, 0], [0, 1, 0]) == 0.0  # undefined (constant prediction) -> 0
     assert metrics.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    # constant, though x - x.mean() is not exactly 0 in floating point (hypothesis found it)
+    assert metrics.pearson([0.2, 0.2, 0.2], [0.2, 0.2, 0.2]) == 0.0
+    # one unparsed answer (-1) is one error, not a third class at F1 0
+    assert metrics.macro_f1([0, 1, -1, 1], [0, 1, 0, 1]) == pytest.approx((2 / 3 + 1) / 2)
+    assert metrics.macro_f1([-1] + [0, 1] * 50, [0] + [0, 1] * 50) > 0.99
 
 
 def test_compute_and_average():

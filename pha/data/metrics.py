@@ -27,30 +27,34 @@ def accuracy(preds, labels) -> float:
     return float((p == y).mean())
 
 
-def _confusion(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Confusion matrix over the classes present in labels or predictions (rows: truth)."""
+def _confusion(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The classes present in labels or predictions, sorted, and their confusion matrix
+    (rows: truth)."""
     classes = np.unique(np.concatenate([y, p]))
     yi, pi = np.searchsorted(classes, y), np.searchsorted(classes, p)
     cm = np.zeros((len(classes), len(classes)), dtype=np.float64)
     np.add.at(cm, (yi, pi), 1.0)
-    return cm
+    return classes, cm
 
 
 def macro_f1(preds, labels) -> float:
-    """Unweighted mean of per-class F1 over the classes in labels or predictions (as
-    sklearn's f1_score(average='macro'); a class without support or predictions has F1 0)."""
+    """Unweighted mean of per-class F1 over the classes in labels or predictions, except
+    -1: an answer that names no label is wrong for its true class but is not averaged as a
+    class of its own (sklearn's f1_score(average='macro') with labels= those classes).
+    Averaging it in, as sklearn does without labels=, would cut a binary task's score by a
+    third for one such answer among any number."""
     p, y = _as_arrays(preds, labels, np.int64)
-    cm = _confusion(p, y)
+    classes, cm = _confusion(p, y)
     tp = np.diag(cm)
     denom = cm.sum(0) + cm.sum(1)  # 2TP + FP + FN
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
+    return float(f1[classes != -1].mean())
 
 
 def mcc(preds, labels) -> float:
     """Matthews correlation, multi-class (Gorodkin's R_K, as sklearn); 0 when undefined."""
     p, y = _as_arrays(preds, labels, np.int64)
-    cm = _confusion(p, y)
+    _, cm = _confusion(p, y)
     t, pk = cm.sum(1), cm.sum(0)  # true and predicted counts per class
     c, s = np.trace(cm), cm.sum()
     cov_yp = c * s - t @ pk
@@ -63,9 +67,10 @@ def mcc(preds, labels) -> float:
 def pearson(preds, labels) -> float:
     """Pearson correlation; 0 when either side is constant."""
     p, y = _as_arrays(preds, labels, np.float64)
+    if np.ptp(p) == 0 or np.ptp(y) == 0:  # tested exactly: p - p.mean() need not be 0 then
+        return 0.0
     pc, yc = p - p.mean(), y - y.mean()
-    denom = np.sqrt((pc @ pc) * (yc @ yc))
-    return float(pc @ yc / denom) if denom > 0 else 0.0
+    return float(pc @ yc / np.sqrt((pc @ pc) * (yc @ yc)))
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
