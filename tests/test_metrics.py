@@ -23,7 +23,7 @@ labels_and_preds = st.integers(1, 60).flatmap(
 def test_classification_metrics_match_sklearn(case):
     y, p = case
     assert metrics.accuracy(p, y) == pytest.approx(sklearn.metrics.accuracy_score(y, p))
-    classes = sorted(set(y) | set(p) - {-1})  # an unparsed answer is not a class
+    classes = sorted((set(y) | set(p)) - {-1})  # an unparsed answer is not a class
     assert metrics.macro_f1(p, y) == pytest.approx(
         sklearn.metrics.f1_score(y, p, average="macro", labels=classes, zero_division=0)
     )
