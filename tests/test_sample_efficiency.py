@@ -298,7 +298,18 @@ def test_report_includes_transfer_and_task_free_tables(study, tmp_path, capsys):
     assert "| True | t1 | 2 | 90.0 | 75.0 | 69.0 |" in text  # mean over runs a and b
     assert "| True | average | 2 | 93.3 | 70.0 | 66.0 |" in text  # over (run, task) rows
     assert "| False | t1 | 1 | 50.0 | 80.0 | 40.0 |" in text
+    tables = "\n".join(study.study_report.task_free_section(study.read_rows(free), "macro_f1"))
+    assert "macro_f1, ids given" in tables and "| True | t1 | 1 | 95.0 | 10.0 | 10.0 |" in tables
+    assert "accuracy, ids given" in tables and "| True | t1 | 2 | 90.0 | 75.0 | 69.0 |" in tables
     assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_report_defaults_name_the_committed_results(study):
+    """A bare --report reads the CSVs in results/: a default naming a file that is not there
+    drops its section from the report without a word (the task-free one did)."""
+    args = study.parse_args(["--report"])
+    for path in (args.out, args.transfer_out, args.task_free_csv):
+        assert path.exists(), f"{path} is a --report default but is not in results/"
 
 
 def test_a_run_missing_the_metric_for_one_task_is_an_error(study):
