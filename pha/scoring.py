@@ -76,16 +76,32 @@ def evaluate(
     return results
 
 
+def metric_means(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the tasks, for the metrics every task has (mcc, binary tasks
+    only, has none on a suite with a multi-class task)."""
+    names = dict.fromkeys(m for row in per_task.values() for m in row)
+    return {
+        n: sum(row[n] for row in per_task.values()) / len(per_task)
+        for n in names
+        if all(n in row for row in per_task.values())
+    }
+
+
 def format_table(per_task: dict[str, dict[str, float]], average: float | None = None) -> str:
-    """A plain-text table: one row per task, one column per metric (in %)."""
+    """A plain-text table: one row per task, one column per metric (in %). With `average`
+    (metrics.average: each task's metrics averaged, then the tasks) two more rows: each
+    metric's mean over the tasks ("average"), and `average` itself ("all metrics")."""
     names = list(dict.fromkeys(m for row in per_task.values() for m in row))
-    width = max([len("task"), len("average")] + [len(t) for t in per_task])
+    width = max([len("task"), len("all metrics")] + [len(t) for t in per_task])
+
+    def row(label: str, values: dict[str, float]) -> str:
+        cells = [f"{100 * values[n]:9.2f}" if n in values else f"{'':>9}" for n in names]
+        return f"{label:<{width}}  " + "  ".join(cells).rstrip()
+
     lines = [f"{'task':<{width}}  " + "  ".join(f"{n:>9}" for n in names)]
-    lines.append("-" * len(lines[0]))
-    for task, row in per_task.items():
-        cells = [f"{100 * row[n]:9.2f}" if n in row else f"{'':>9}" for n in names]
-        lines.append(f"{task:<{width}}  " + "  ".join(cells))
+    rule = "-" * len(lines[0])
+    lines += [rule, *(row(task, values) for task, values in per_task.items())]
     if average is not None:
-        lines.append("-" * len(lines[0]))
-        lines.append(f"{'average':<{width}}  {100 * average:9.2f}")
+        lines += [rule, row("average", metric_means(per_task))]
+        lines.append(f"{'all metrics':<{width}}  {100 * average:9.2f}")
     return "\n".join(lines)

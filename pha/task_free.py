@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import Collator, MultiTaskData, metrics
-from .scoring import predict
+from .scoring import metric_means, predict
 
 CSV_FIELDS = ["run", "task", "prefix", "retrieval_accuracy", "metric", "with_task_ids",
               "with_retrieval"]  # fmt: skip
@@ -108,20 +108,28 @@ def append_csv(path: str | os.PathLike, rows: list[dict], fields: list[str] = CS
 
 
 def format_task_free(results: dict[str, dict]) -> str:
-    """A plain-text table: retrieval accuracy, then each metric with ids / by retrieval (%)."""
+    """A plain-text table: retrieval accuracy, then each metric with ids / by retrieval (%),
+    and their means over the tasks (a metric some task lacks has none)."""
     names = list(dict.fromkeys(m for r in results.values() for m in r["with_task_ids"]))
-    width = max([len("task")] + [len(t) for t in results])
+    width = max([len("task"), len("average")] + [len(t) for t in results])
     head = [f"{'retrieval':>9}"] + [f"{n + ' ids':>14}  {n + ' found':>14}" for n in names]
     lines = [f"{'task':<{width}}  " + "  ".join(head)]
-    lines.append("-" * len(lines[0]))
-    for task, r in results.items():
+    rule = "-" * len(lines[0])
+
+    def row(label: str, r: dict) -> str:
         cells = [f"{100 * r['retrieval_accuracy']:9.2f}"]
         for n in names:  # a task may lack a metric (mcc: binary tasks only): blank cells
             if n in r["with_task_ids"]:
-                cells.append(
-                    f"{100 * r['with_task_ids'][n]:14.2f}  {100 * r['with_retrieval'][n]:14.2f}"
-                )
+                given, found = r["with_task_ids"][n], r["with_retrieval"][n]
+                cells.append(f"{100 * given:14.2f}  {100 * found:14.2f}")
             else:
                 cells.append(f"{'':14}  {'':14}")
-        lines.append(f"{task:<{width}}  " + "  ".join(cells))
+        return f"{label:<{width}}  " + "  ".join(cells).rstrip()
+
+    lines += [rule, *(row(task, r) for task, r in results.items()), rule]
+    lines.append(row("average", {
+        "retrieval_accuracy": sum(r["retrieval_accuracy"] for r in results.values()) / len(results),
+        **{key: metric_means({t: r[key] for t, r in results.items()})
+           for key in ("with_task_ids", "with_retrieval")},
+    }))  # fmt: skip
     return "\n".join(lines)

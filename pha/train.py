@@ -557,9 +557,6 @@ class _Run:
                 )
                 print(f"\ntest metrics (%) at step {result['step']} of {step} ({chosen}):")
                 print(format_table(per_task, result["average"]))
-                f1 = [m["macro_f1"] for m in per_task.values() if "macro_f1" in m]
-                if len(f1) == len(per_task):
-                    print(f"{'average macro_f1':<16}  {100 * float(np.mean(f1)):.2f}")
                 print(f"wrote {self.out_dir}/metrics.json, adapter/, config.json, log.jsonl "
                       f"({time.perf_counter() - self.started:.0f} s in all)")  # fmt: skip
         _barrier(self.world)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pha.data import metrics
+from pha.scoring import format_table, metric_means
 
 labels_and_preds = st.integers(1, 60).flatmap(
     lambda n: st.tuples(
@@ -83,3 +84,18 @@ def test_errors():
         metrics.compute(["f2"], [1], [1])
     with pytest.raises(ValueError, match="per_task"):
         metrics.average({})
+
+
+def test_the_metrics_table_gives_each_metrics_mean_and_the_run_score():
+    """The row under the tasks is each metric's mean over them (blank for mcc, which one
+    task lacks); the run's score (metrics.average) is printed on its own, not under the
+    first column, where it read as mean accuracy."""
+    per_task = {
+        "a": {"accuracy": 0.9, "macro_f1": 0.8, "mcc": 0.7},
+        "b": {"accuracy": 0.6, "macro_f1": 0.4},
+    }
+    lines = format_table(per_task, metrics.average(per_task)).splitlines()
+    assert lines[0].split() == ["task", "accuracy", "macro_f1", "mcc"]
+    assert lines[-2].split() == ["average", "75.00", "60.00"]
+    assert lines[-1].split() == ["all", "metrics", f"{100 * (0.8 + 0.5) / 2:.2f}"]
+    assert metric_means(per_task) == pytest.approx({"accuracy": 0.75, "macro_f1": 0.6})

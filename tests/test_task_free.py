@@ -112,6 +112,8 @@ def test_the_table_leaves_a_metric_blank_for_a_task_without_it():
         ),
         "bbc_topic": dict(retrieval_accuracy=0.5, with_task_ids=multi, with_retrieval=multi),
     }
-    head, _, subj, bbc = format_task_free(results).splitlines()
+    head, _, subj, bbc, _, average = format_task_free(results).splitlines()
     assert "mcc ids" in head and subj.split()[-2:] == ["70.00", "70.00"]
     assert bbc.split() == ["bbc_topic", "50.00", "60.00", "60.00", "50.00", "50.00"]
+    # the means over the two tasks; mcc, which bbc_topic lacks, has none
+    assert average.split() == ["average", "75.00", "75.00", "75.00", "65.00", "65.00"]
