@@ -351,34 +351,39 @@ def study_section(
     return lines
 
 
-def task_free_section(rows: list[dict], metric: str) -> list[str]:
-    """pha.evaluate --no-task-ids rows: per input prefix and task, the mean over runs of the
-    retrieval accuracy and of `metric` with the task ids given / found by retrieval; then the
-    same for accuracy, which a misrouted answer moves less than a macro average does."""
-    lines: list[str] = []
-    for name in dict.fromkeys((metric, "accuracy")):
-        groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-        for r in rows:
-            if r["metric"] == name:
-                groups[(r["prefix"], r["task"])].append(r)
-                groups[(r["prefix"], "average")].append(r)
-        if not groups:
-            continue
-        lines += [*([""] if lines else []),
-                  f"Mean over runs (%); {name} with the task ids given and with the task found "
-                  "by the nearest prototype:", "",
-                  f"| task-name prefix | task | runs | retrieval accuracy | {name}, ids given | "
-                  f"{name}, task retrieved |", "|---" * 6 + "|"]  # fmt: skip
-        for (prefix, task), group in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "average", kv[0][1])
-        ):
-            runs = len({r["run"] for r in group})
-            cells = [prefix, task, str(runs)] + [
-                f"{100 * mean(float(r[k]) for r in group):.1f}"
-                for k in ("retrieval_accuracy", "with_task_ids", "with_retrieval")
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+def _task_free_table(rows: list[dict], metric: str) -> list[str]:
+    """One task-free table: per input prefix and task, the mean over runs of the retrieval
+    accuracy and of `metric` with the task ids given / found by retrieval ([] if no rows)."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["metric"] == metric:
+            groups[(r["prefix"], r["task"])].append(r)
+            groups[(r["prefix"], "average")].append(r)
+    if not groups:
+        return []
+    lines = [f"Mean over runs (%); {metric} with the task ids given and with the task found "
+             "by the nearest prototype:", "",
+             f"| task-name prefix | task | runs | retrieval accuracy | {metric}, ids given | "
+             f"{metric}, task retrieved |", "|---" * 6 + "|"]  # fmt: skip
+    for (prefix, task), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "average", kv[0][1])
+    ):
+        runs = len({r["run"] for r in group})
+        cells = [prefix, task, str(runs)] + [
+            f"{100 * mean(float(r[k]) for r in group):.1f}"
+            for k in ("retrieval_accuracy", "with_task_ids", "with_retrieval")
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def task_free_section(rows: list[dict], metric: str) -> list[str]:
+    """pha.evaluate --no-task-ids rows: the table for `metric`, then the same for accuracy,
+    which a misrouted answer moves less than a macro average does."""
+    tables = [
+        t for name in dict.fromkeys((metric, "accuracy")) if (t := _task_free_table(rows, name))
+    ]
+    return [line for i, t in enumerate(tables) for line in ([""] if i else []) + t]
 
 
 def report(args: argparse.Namespace) -> str:
